@@ -1,0 +1,74 @@
+"""How fit and evaluate draw batches: plain tensors, tuples of tensors, or batch sources.
+
+A batch is a tuple of positional arguments for ``model(*batch)`` and ``guide(*batch)``:
+``(x,)`` for a VAE, ``(x, y)`` for a labelled model. Anything with ``__len__``, ``get(index)``
+(returning such a tuple for a LongTensor of row indices), ``to(device)`` and ``device`` is a
+batch source; :mod:`pyro_vae.data` uses that to binarise MNIST afresh for every batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+class TensorSource:
+    """Rows of one or more equally long tensors; ``get`` indexes all of them."""
+
+    def __init__(self, *tensors: torch.Tensor):
+        if not tensors:
+            raise ValueError("no data given; expected a tensor of shape (N, features)")
+        for t in tensors:
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"data must be torch tensors; got {type(t).__name__}. Convert "
+                                "with torch.as_tensor(array, dtype=torch.float32).")
+        lengths = {len(t) for t in tensors}
+        if len(lengths) != 1:
+            raise ValueError(f"all data tensors must have the same number of rows; got "
+                             f"{[len(t) for t in tensors]}")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(self.tensors[0])
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t[index] for t in self.tensors)
+
+    def to(self, device) -> TensorSource:
+        return TensorSource(*(t.to(device) for t in self.tensors))
+
+    def first(self) -> torch.Tensor:
+        return self.tensors[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.tensors[0].device
+
+
+def as_source(data) -> TensorSource:
+    """Turn a tensor, a tuple/list of tensors, or a batch source into a batch source."""
+    if isinstance(data, torch.Tensor):
+        return TensorSource(data)
+    if isinstance(data, (tuple, list)):
+        return TensorSource(*data)
+    if all(hasattr(data, attr) for attr in ("__len__", "get", "to", "device")):
+        return data
+    raise TypeError(f"data must be a tensor (N, features), a tuple of tensors, or a batch "
+                    f"source with __len__, get(index), to(device) and device; got "
+                    f"{type(data).__name__}")
+
+
+def ordered_batches(source, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
+    """The whole source in order, ``batch_size`` rows at a time."""
+    n = len(source)
+    device = getattr(source, "device", None)
+    for start in range(0, n, batch_size):
+        yield source.get(torch.arange(start, min(start + batch_size, n), device=device))
+
+
+def first_tensor(source) -> torch.Tensor:
+    """The first data tensor of a source, whole (for input checks)."""
+    if hasattr(source, "first"):
+        return source.first()
+    return source.get(torch.arange(len(source), device=getattr(source, "device", None)))[0]

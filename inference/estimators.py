@@ -1,0 +1,230 @@
+"""Gradient estimators for the ELBO family, named by short specs.
+
+=========================  ===============================================================
+spec                       objective (per datapoint x, K particles z_k ~ q(z|x))
+=========================  ===============================================================
+``elbo`` / ``elbo:k=K``    Trace_ELBO: mean_k [log p(x, z_k) - log q(z_k|x)]
+``meanfield``              TraceMeanField_ELBO: E_q log p(x|z) - KL(q||p), KL in closed form
+                           where one is registered (Monte Carlo otherwise)
+``iwae:k=K``               IWAE (Burda et al. 2015): log (1/K) sum_k w_k,
+                           w_k = p(x, z_k) / q(z_k|x); Renyi bound with alpha = 0
+``renyi:alpha=A,k=K``      Renyi bound (Li & Turner 2016):
+                           1/(1-A) log (1/K) sum_k w_k^(1-A)
+=========================  ===============================================================
+
+Particles are vectorised by default. :func:`register_estimator` adds further names (the
+discrete-latent estimators do).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pyro.infer
+import torch
+from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
+from pyro.util import warn_if_nan
+
+from pyro_vae.models._validation import unknown_name_error
+
+
+class MinibatchRenyiELBO(pyro.infer.RenyiELBO):
+    """RenyiELBO that stays a per-datapoint bound under minibatch subsampling.
+
+    Pyro's ``RenyiELBO`` forms log-weights from *scaled* log-densities, so with a data
+    plate subsampled at scale s = N/B it computes sum_n log mean_k w_{kn}^s instead of
+    s sum_n log mean_k w_{kn}: a different quantity that can exceed log p(x). This class
+    divides the scale of the plates common to every site out of the log-weights, applies
+    the Renyi log-mean-exp per datapoint, and multiplies the scale back in, as NumPyro's
+    RenyiELBO does for local variables (numpyro#1608). Other scales (a KL weight beta)
+    stay inside the weights. Without subsampling it is identical to ``RenyiELBO``.
+    """
+
+    @staticmethod
+    def _common_subsample_scale(model_trace, guide_trace) -> float:
+        stacks = [set(site["cond_indep_stack"]) for trace in (model_trace, guide_trace)
+                  for site in trace.nodes.values() if site["type"] == "sample"]
+        scale = 1.0
+        for frame in set.intersection(*stacks) if stacks else ():
+            if frame.full_size is not None and frame.size and frame.full_size != frame.size:
+                scale *= frame.full_size / frame.size
+        return scale
+
+    def _particle_terms(self, model_trace, guide_trace):
+        """Unscaled per-datapoint log-weights (detached) and their surrogate, and the scale."""
+        scale = self._common_subsample_scale(model_trace, guide_trace)
+        sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
+        elbo_particle = 0.0
+        surrogate_particle = 0.0
+        for site in model_trace.nodes.values():
+            if site["type"] == "sample":
+                log_prob = torch_sum(site["log_prob"], sum_dims) / scale
+                elbo_particle = elbo_particle + log_prob.detach()
+                surrogate_particle = surrogate_particle + log_prob
+        for site in guide_trace.nodes.values():
+            if site["type"] == "sample":
+                _, score_function_term, entropy_term = site["score_parts"]
+                log_prob = torch_sum(site["log_prob"], sum_dims) / scale
+                elbo_particle = elbo_particle - log_prob.detach()
+                if not is_identically_zero(entropy_term):
+                    surrogate_particle = surrogate_particle - log_prob
+                    if not is_identically_zero(score_function_term):
+                        raise NotImplementedError(
+                            "RenyiELBO with a partially reparameterised guide site "
+                            "(pyro-ppl/pyro#1222)")
+                if not is_identically_zero(score_function_term):
+                    surrogate_particle = surrogate_particle + (
+                        self.alpha / (1.0 - self.alpha)) * log_prob
+        return elbo_particle, surrogate_particle, scale
+
+    def _stacked_terms(self, model, guide, args, kwargs):
+        elbos, surrogates = [], []
+        scale = 1.0
+        for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
+            elbo, surrogate, scale = self._particle_terms(model_trace, guide_trace)
+            elbos.append(elbo)
+            surrogates.append(surrogate)
+        if self.vectorize_particles and self.num_particles > 1:
+            return elbos[0], surrogates[0], scale
+        return torch.stack(elbos), torch.stack(surrogates), scale
+
+    def _bound(self, log_weights: torch.Tensor, scale: float) -> torch.Tensor:
+        log_mean = torch.logsumexp(log_weights, dim=0) - math.log(self.num_particles)
+        return scale * log_mean.sum() / (1.0 - self.alpha)
+
+    @torch.no_grad()
+    def loss(self, model, guide, *args, **kwargs):
+        elbo_particles, _, scale = self._stacked_terms(model, guide, args, kwargs)
+        loss = -self._bound((1.0 - self.alpha) * elbo_particles, scale).item()
+        warn_if_nan(loss, "loss")
+        return loss
+
+    def differentiable_surrogate(self, model, guide, *args, **kwargs):
+        """(loss tensor, surrogate loss tensor): backward on the surrogate gives the gradient."""
+        elbo_particles, surrogate_particles, scale = self._stacked_terms(
+            model, guide, args, kwargs)
+        log_weights = (1.0 - self.alpha) * elbo_particles
+        log_mean = torch.logsumexp(log_weights, dim=0, keepdim=True) - math.log(
+            self.num_particles)
+        weights = (log_weights - log_mean).exp()
+        surrogate = scale * (weights * surrogate_particles).sum() / self.num_particles
+        return -self._bound(log_weights, scale), -surrogate
+
+    def loss_and_grads(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.differentiable_surrogate(model, guide, *args, **kwargs)
+        if getattr(surrogate_loss, "requires_grad", False):
+            surrogate_loss.backward()
+        loss = loss.item()
+        warn_if_nan(loss, "loss")
+        return loss
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A parsed estimator spec such as ``iwae:k=5`` -> name 'iwae', options {'k': 5}."""
+
+    name: str
+    options: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        if not self.options:
+            return self.name
+        return self.name + ":" + ",".join(f"{k}={v}" for k, v in self.options.items())
+
+
+@dataclass(frozen=True)
+class _EstimatorEntry:
+    factory: Callable[..., pyro.infer.ELBO]
+    options: dict  # option name -> (type, default)
+    description: str
+
+
+ESTIMATORS: dict[str, _EstimatorEntry] = {}
+
+
+def register_estimator(name: str, factory: Callable[..., pyro.infer.ELBO], options: dict,
+                       description: str) -> None:
+    """Register ``name``; ``factory(**options, vectorize_particles=..., max_plate_nesting=...)``
+    builds the ELBO; ``options`` maps each option to ``(type, default)``."""
+    ESTIMATORS[name] = _EstimatorEntry(factory, dict(options), description)
+
+
+def _particles_kwargs(k: int, vectorize: bool, max_plate_nesting: float) -> dict:
+    return {"num_particles": k, "vectorize_particles": bool(vectorize and k > 1),
+            "max_plate_nesting": max_plate_nesting}
+
+
+register_estimator(
+    "elbo", lambda k, vectorize_particles, max_plate_nesting: pyro.infer.Trace_ELBO(
+        **_particles_kwargs(k, vectorize_particles, max_plate_nesting)),
+    {"k": (int, 1)}, "Trace_ELBO: Monte Carlo ELBO")
+register_estimator(
+    "meanfield", lambda k, vectorize_particles, max_plate_nesting: pyro.infer.TraceMeanField_ELBO(
+        **_particles_kwargs(k, vectorize_particles, max_plate_nesting)),
+    {"k": (int, 1)}, "TraceMeanField_ELBO: analytic KL where available")
+register_estimator(
+    "iwae", lambda k, vectorize_particles, max_plate_nesting: MinibatchRenyiELBO(
+        alpha=0.0, **_particles_kwargs(k, vectorize_particles, max_plate_nesting)),
+    {"k": (int, 5)}, "importance-weighted bound (Renyi alpha=0)")
+register_estimator(
+    "renyi", lambda alpha, k, vectorize_particles, max_plate_nesting: MinibatchRenyiELBO(
+        alpha=alpha, **_particles_kwargs(k, vectorize_particles, max_plate_nesting)),
+    {"alpha": (float, 0.5), "k": (int, 5)}, "Renyi alpha-bound")
+
+
+def valid_specs() -> list[str]:
+    """Examples of every registered spec, for error messages and help."""
+    out = []
+    for name, entry in ESTIMATORS.items():
+        opts = ",".join(f"{k}={default}" for k, (_, default) in entry.options.items())
+        out.append(f"{name}:{opts}" if opts else name)
+    return out
+
+
+def parse_estimator(spec: str | EstimatorSpec) -> EstimatorSpec:
+    """Parse ``'name'`` or ``'name:key=value,...'``, checking the name and every option."""
+    if isinstance(spec, EstimatorSpec):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"an estimator spec must be a non-empty string such as 'elbo' or "
+                         f"'iwae:k=5'; got {spec!r}. Valid: {valid_specs()}")
+    name, _, rest = spec.strip().partition(":")
+    if name not in ESTIMATORS:
+        raise unknown_name_error("estimator", name, ESTIMATORS, valid_specs())
+    entry = ESTIMATORS[name]
+    options = {key: default for key, (_, default) in entry.options.items()}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq or key not in entry.options:
+            raise ValueError(f"bad option {item!r} in estimator spec {spec!r}; {name} takes "
+                             f"{sorted(entry.options) or 'no options'} as key=value, e.g. "
+                             f"{valid_specs()[list(ESTIMATORS).index(name)]!r}")
+        kind = entry.options[key][0]
+        try:
+            options[key] = kind(value)
+        except ValueError:
+            raise ValueError(f"option {key} in estimator spec {spec!r} must be "
+                             f"{kind.__name__}; got {value!r}") from None
+    if "k" in options and options["k"] < 1:
+        raise ValueError(f"the number of particles k must be >= 1; got k={options['k']} "
+                         f"in {spec!r}")
+    if name == "renyi" and options["alpha"] == 1.0:
+        raise ValueError("renyi with alpha=1 is the ordinary ELBO; use 'elbo' instead")
+    return EstimatorSpec(name, options)
+
+
+def make_estimator(spec: str | EstimatorSpec | pyro.infer.ELBO = "elbo", *,
+                   vectorize_particles: bool = True,
+                   max_plate_nesting: float = float("inf")) -> pyro.infer.ELBO:
+    """Build a Pyro ELBO from a spec; an ELBO instance is returned unchanged.
+
+    ``max_plate_nesting=inf`` lets Pyro infer it from one trace of the model.
+    """
+    if isinstance(spec, pyro.infer.ELBO):
+        return spec
+    parsed = parse_estimator(spec)
+    return ESTIMATORS[parsed.name].factory(
+        **parsed.options, vectorize_particles=vectorize_particles,
+        max_plate_nesting=max_plate_nesting)

@@ -1,0 +1,40 @@
+"""The generative story: priors, likelihoods, guide families, networks and the VAE.
+
+Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fitting.
+"""
+
+from pyro_vae.models.guides import DiagonalNormalGuide, FlowGuide, FullRankNormalGuide, Guide
+from pyro_vae.models.likelihoods import (
+    BernoulliLikelihood,
+    ContinuousBernoulliLikelihood,
+    DataSupportError,
+    LaplaceLikelihood,
+    Likelihood,
+    NegativeBinomialLikelihood,
+    NormalLikelihood,
+    PoissonLikelihood,
+    StudentTLikelihood,
+)
+from pyro_vae.models.networks import MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
+from pyro_vae.models.priors import (
+    LaplacePrior,
+    LearnedNormalPrior,
+    MixtureOfGaussiansPrior,
+    Prior,
+    StandardNormalPrior,
+    StudentTPrior,
+    VampPrior,
+)
+from pyro_vae.models.registry import GUIDES, LIKELIHOODS, PRIORS, register
+from pyro_vae.models.vae import VAE, check_data_matrix, data_plate
+
+__all__ = [
+    "VAE", "data_plate", "check_data_matrix", "register", "PRIORS", "LIKELIHOODS", "GUIDES",
+    "Prior", "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior", "StudentTPrior",
+    "MixtureOfGaussiansPrior", "VampPrior",
+    "Likelihood", "DataSupportError", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
+    "NormalLikelihood", "LaplaceLikelihood", "StudentTLikelihood", "PoissonLikelihood",
+    "NegativeBinomialLikelihood",
+    "Guide", "DiagonalNormalGuide", "FullRankNormalGuide", "FlowGuide",
+    "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+]

@@ -1,0 +1,197 @@
+"""Likelihoods p(x | z): how the decoder's output ``theta`` becomes a distribution over x.
+
+The decoder produces one value per feature (``theta``, shape ``(..., x_dim)``): logits,
+a location or a log-rate. Scale, shape and dispersion parameters are global (one per
+feature, or one in all) and learned. Each likelihood states the data it accepts
+(:attr:`Likelihood.support`) and :meth:`Likelihood.check_data` rejects other data with an
+error that names the fix.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from pyro.nn import PyroModule
+from torch import nn
+
+from pyro_vae.models._validation import check_positive_int
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(_SOFTPLUS_ONE) == 1
+
+
+class DataSupportError(ValueError):
+    """Data outside the support of the chosen likelihood."""
+
+
+class Likelihood(PyroModule):
+    """Base class: subclasses implement ``distribution(theta)`` with event_shape (x_dim,)."""
+
+    #: what the likelihood accepts, in words (shown in errors and docs)
+    support = "any finite real values"
+
+    def __init__(self, x_dim: int):
+        super().__init__()
+        self.x_dim = check_positive_int(x_dim, "x_dim")
+
+    def distribution(self, theta: torch.Tensor) -> dist.TorchDistribution:
+        raise NotImplementedError
+
+    def mean(self, theta: torch.Tensor) -> torch.Tensor:
+        """E[x | z] for display (samples and reconstructions)."""
+        return self.distribution(theta).mean
+
+    def forward(self, theta: torch.Tensor, x: torch.Tensor | None = None, name: str = "x"):
+        return pyro.sample(name, self.distribution(theta), obs=x)
+
+    def check_data(self, x: torch.Tensor) -> None:
+        """Raise :class:`DataSupportError` unless every value of x lies in :attr:`support`."""
+        bad = self._outside_support(x)
+        if bool(bad.any()):
+            example = x[bad][:3].tolist()
+            raise DataSupportError(
+                f"{type(self).__name__} expects {self.support}, but {int(bad.sum())} of "
+                f"{x.numel()} values are not (e.g. {example}). {self._fix_hint}"
+            )
+
+    _fix_hint = ""
+
+    def _outside_support(self, x: torch.Tensor) -> torch.Tensor:
+        return ~torch.isfinite(x)
+
+
+class BernoulliLikelihood(Likelihood):
+    """x_d ~ Bernoulli(sigmoid(theta_d)), for binary data."""
+
+    support = "binary values in {0, 1}"
+    _fix_hint = ("Binarize the data (e.g. (x > 0.5).float(), or load_dataset(..., "
+                 "binarize=True)), or use likelihood='continuous_bernoulli' for values in [0, 1].")
+
+    def distribution(self, theta):
+        return dist.Bernoulli(logits=theta).to_event(1)
+
+    def _outside_support(self, x):
+        return (x != 0) & (x != 1)
+
+
+class ContinuousBernoulliLikelihood(Likelihood):
+    """x_d ~ ContinuousBernoulli(sigmoid(theta_d)) (Loaiza-Ganem & Cunningham 2019), for
+    values in [0, 1]; unlike the Bernoulli it is a normalised density on the unit interval."""
+
+    support = "values in the interval [0, 1]"
+    _fix_hint = ("Rescale the data to [0, 1] (e.g. x / x.max()), or use likelihood='normal' "
+                 "for unbounded real data.")
+
+    def distribution(self, theta):
+        return dist.ContinuousBernoulli(logits=theta).to_event(1)
+
+    def _outside_support(self, x):
+        return ~((x >= 0) & (x <= 1))
+
+
+class _RealLikelihood(Likelihood):
+    support = "finite real values"
+    _fix_hint = "Remove or impute the non-finite values."
+
+
+class _PerFeatureScale(nn.Module):
+    """sigma = softplus(rho) + min_scale, either one value or one per feature."""
+
+    def __init__(self, x_dim: int, per_feature: bool, init: float = 1.0, min_scale: float = 1e-3):
+        super().__init__()
+        init_raw = math.log(math.expm1(max(init - min_scale, 1e-6)))
+        self.raw = nn.Parameter(torch.full((x_dim if per_feature else 1,), init_raw))
+        self.min_scale = min_scale
+
+    def forward(self) -> torch.Tensor:
+        return F.softplus(self.raw) + self.min_scale
+
+
+class NormalLikelihood(_RealLikelihood):
+    """x_d ~ N(theta_d, sigma^2). ``scale='fixed'`` keeps sigma at ``sigma``;
+    ``'shared'`` learns one sigma; ``'per_feature'`` learns one sigma per feature."""
+
+    def __init__(self, x_dim: int, scale: str = "fixed", sigma: float = 1.0):
+        super().__init__(x_dim)
+        if scale not in ("fixed", "shared", "per_feature"):
+            raise ValueError(f"NormalLikelihood scale must be 'fixed', 'shared' or "
+                             f"'per_feature'; got {scale!r}")
+        if not sigma > 0:
+            raise ValueError(f"NormalLikelihood needs sigma > 0; got sigma={sigma}")
+        self.scale_mode = scale
+        self.sigma = float(sigma)
+        self.learned_scale = (None if scale == "fixed" else
+                              _PerFeatureScale(x_dim, scale == "per_feature", init=sigma))
+
+    def scale(self, theta: torch.Tensor) -> torch.Tensor:
+        if self.learned_scale is None:
+            return theta.new_full((self.x_dim,), self.sigma)
+        return self.learned_scale().expand(self.x_dim)
+
+    def distribution(self, theta):
+        return dist.Normal(theta, self.scale(theta)).to_event(1)
+
+
+class LaplaceLikelihood(_RealLikelihood):
+    """x_d ~ Laplace(theta_d, b_d) with a learned scale b_d per feature (robust to outliers)."""
+
+    def __init__(self, x_dim: int):
+        super().__init__(x_dim)
+        self.learned_scale = _PerFeatureScale(x_dim, per_feature=True)
+
+    def distribution(self, theta):
+        return dist.Laplace(theta, self.learned_scale().expand(self.x_dim)).to_event(1)
+
+
+class StudentTLikelihood(_RealLikelihood):
+    """x_d ~ StudentT(nu, theta_d, s_d): learned per-feature scale s_d and shared df nu > 1."""
+
+    def __init__(self, x_dim: int, init_df: float = 4.0):
+        super().__init__(x_dim)
+        self.learned_scale = _PerFeatureScale(x_dim, per_feature=True)
+        self.raw_df = nn.Parameter(torch.tensor(math.log(math.expm1(init_df - 1.0))))
+
+    def df(self) -> torch.Tensor:
+        return 1.0 + F.softplus(self.raw_df)
+
+    def distribution(self, theta):
+        df = self.df().expand(self.x_dim)
+        return dist.StudentT(df, theta, self.learned_scale().expand(self.x_dim)).to_event(1)
+
+    def mean(self, theta):
+        return theta
+
+
+class _CountLikelihood(Likelihood):
+    support = "non-negative integer counts"
+    _fix_hint = ("Round or convert the data to counts, or use likelihood='normal' for "
+                 "continuous data.")
+
+    def _outside_support(self, x):
+        return ~(torch.isfinite(x) & (x >= 0) & (x == torch.round(x)))
+
+
+class PoissonLikelihood(_CountLikelihood):
+    """x_d ~ Poisson(lambda_d) with lambda_d = softplus(theta_d) (stabler than exp)."""
+
+    def distribution(self, theta):
+        return dist.Poisson(F.softplus(theta) + 1e-6).to_event(1)
+
+
+class NegativeBinomialLikelihood(_CountLikelihood):
+    """x_d ~ NegBinomial(r_d, logits=theta_d): mean r_d exp(theta_d), learned dispersion r_d.
+    Overdispersed counts: Var = mean (1 + mean / r_d)."""
+
+    def __init__(self, x_dim: int):
+        super().__init__(x_dim)
+        self.raw_total_count = nn.Parameter(torch.full((x_dim,), _SOFTPLUS_ONE))
+
+    def total_count(self) -> torch.Tensor:
+        return F.softplus(self.raw_total_count) + 1e-4
+
+    def distribution(self, theta):
+        return dist.NegativeBinomial(self.total_count().expand(self.x_dim),
+                                     logits=theta).to_event(1)
