@@ -77,7 +77,8 @@ def beta_schedule(beta: float, warmup_steps: int, step: int) -> float:
     return beta * min(1.0, (step + 1) / warmup_steps)
 
 
-def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm):
+def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm,
+                         max_seconds):
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -93,6 +94,8 @@ def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, cl
         raise ValueError(f"beta_warmup_epochs must be >= 0; got {beta_warmup_epochs!r}")
     if clip_norm is not None and not clip_norm > 0:
         raise ValueError(f"clip_norm must be positive or None; got {clip_norm!r}")
+    if max_seconds is not None and not max_seconds > 0:
+        raise ValueError(f"max_seconds must be positive or None; got {max_seconds!r}")
 
 
 @dataclass
@@ -115,7 +118,8 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         lr: float = 1e-3, optimizer="adam", seed: int | None = 0, device="cpu",
         beta: float = 1.0, beta_warmup_epochs: float = 0, clip_norm: float | None = None,
         validation_data=None, monitor_size: int = 1000, vectorize_particles: bool = True,
-        quiet: bool = False, callbacks: Sequence[Callable[[dict], None]] = ()) -> FitResult:
+        max_seconds: float | None = None, quiet: bool = False,
+        callbacks: Sequence[Callable[[dict], None]] = ()) -> FitResult:
     """Fit ``model`` (anything with Pyro ``model``/``guide`` methods and torch parameters).
 
     ``data`` is a tensor (N, features), a tuple of tensors (model(*batch)) or a batch source;
@@ -128,6 +132,9 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     epoch), and, on up to ``monitor_size`` fixed training points (and validation points),
     the beta-free ``elbo``, ``recon`` = E_q log p(x|z) and ``kl`` per datapoint, plus
     ``beta`` and ``seconds``. A NaN or infinite loss raises :class:`NonFiniteLossError`.
+    ``max_seconds`` is a wall-clock training budget: the fit stops after the first step that
+    exceeds it (the last, partial epoch is recorded with ``partial_epoch=True``). Each
+    callback receives every epoch record.
     """
     device = resolve_device(device)
     source = as_source(data)
@@ -138,7 +145,8 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     if callable(check):
         check(first_tensor(source), what="training data")
     batch_size = min(128, n) if batch_size is None else batch_size
-    _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm)
+    _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm,
+                         max_seconds)
     spec = str(parse_estimator(estimator)) if isinstance(estimator, str) else type(
         estimator).__name__
     if validation_data is not None:
@@ -167,7 +175,7 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     settings = {"estimator": spec, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "seed": seed, "device": str(device), "beta": beta,
                 "beta_warmup_epochs": beta_warmup_epochs, "clip_norm": clip_norm,
-                "num_data": n, "minibatch_scaled": scaled}
+                "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds}
     result = FitResult(settings=settings)
     step = 0
     started = time.perf_counter()
@@ -176,7 +184,7 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         epoch_start = time.perf_counter()
         model.train()
         permutation = torch.randperm(n, generator=order).to(device)
-        total, current_beta = 0.0, beta
+        total, current_beta, seen, out_of_time = 0.0, beta, 0, False
         for batch_number, start in enumerate(range(0, n, batch_size), 1):
             batch = source.get(permutation[start:start + batch_size])
             current_beta = beta_schedule(beta, warmup_steps, step)
@@ -193,8 +201,14 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
             opt.step()
             # a scaled batch loss estimates the full-data sum: weight it by its share B/N
             total += loss * (len(batch[0]) / n if scaled else 1.0)
+            seen += len(batch[0])
             step += 1
-        record = {"epoch": epoch, "step": step, "loss": total / n, "beta": current_beta}
+            if max_seconds is not None and time.perf_counter() - started > max_seconds:
+                out_of_time = True
+                break
+        record = {"epoch": epoch, "step": step, "loss": total / seen, "beta": current_beta}
+        if out_of_time and seen < n:
+            record["partial_epoch"] = True
         model.eval()
         record.update(_monitor_terms(model, monitor, nesting, prefix=""))
         if validation is not None:
@@ -204,6 +218,8 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         bar.set_postfix(loss=f"{record['loss']:.2f}", elbo=f"{record['elbo']:.2f}")
         for callback in callbacks:
             callback(record)
+        if out_of_time:
+            break
     result.seconds = time.perf_counter() - started
     return result
 
