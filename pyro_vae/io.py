@@ -3,6 +3,8 @@
 A saved file is a plain dict of tensors and JSON-like values, so it loads with
 ``torch.load(path, weights_only=True)``. Files are written atomically (temporary file,
 flush, fsync, rename): an interrupted save never leaves a half-written file in place.
+:func:`load_model` also rebuilds the model of a training checkpoint
+(:mod:`pyro_vae.checkpoints`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from pyro_vae.inference.training import STATE_FORMAT, resolve_device
 from pyro_vae.models import VAE
 
 FORMAT = "pyro-vae-model"
@@ -27,11 +30,15 @@ class CheckpointError(ValueError):
     """A file that is not a loadable pyro-vae model (truncated, corrupted or foreign)."""
 
 
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -42,7 +49,44 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that writers of ``path`` killed mid-write left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{_temporary_prefix(path)}*.tmp"))
+
+
+def load_weights_only(path: str | os.PathLike, what: str, how_made: str):
+    """``torch.load(path, weights_only=True)`` on the CPU, with clear errors for a missing,
+    truncated or corrupted file (``what``: "saved model"; ``how_made``: what writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {str(path)!r}; expected a file written by "
+                                f"{how_made}.")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated/corrupt files
+        raise CheckpointError(f"{str(path)!r} is not a readable {what} ({type(error).__name__}"
+                              f": {str(error).splitlines()[0][:120]}); it may be truncated or "
+                              f"corrupted. Use another file, or write it again with "
+                              f"{how_made}.") from None
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None
@@ -60,21 +104,21 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | No
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a saved model file (``weights_only=True``), checking its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved model at {str(path)!r}; expected a file written "
-                                "by save_model (e.g. RUN/model.pt)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(f"{str(path)!r} is not a readable model file ({type(error).__name__}"
-                              f": {str(error).splitlines()[0][:120]}); it may be truncated or "
-                              "corrupted. Re-save the model or use another checkpoint.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a pyro-vae model file (format "
-                              f"{payload.get('format') if isinstance(payload, dict) else None!r}"
-                              f", expected {FORMAT!r}).")
+    """Load a saved model file (``weights_only=True``), checking its format. A training
+    checkpoint is read as the model it holds (its configuration and weights)."""
+    payload = load_weights_only(path, "saved model",
+                                "save_model (e.g. RUN/model.pt) or fit(checkpoint_dir=RUN)")
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found == STATE_FORMAT:
+        if not payload.get("model_config"):
+            raise CheckpointError(f"the training checkpoint {str(path)!r} holds a model without "
+                                  "a reconstructable configuration; rebuild the model yourself "
+                                  "and resume with fit(model, data, resume=...).")
+        return {"format": FORMAT, "version": FORMAT_VERSION, "config": payload["model_config"],
+                "state_dict": payload["model"], "extra": {"epoch": payload.get("epoch")}}
+    if found != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vae model file (format {found!r}, "
+                              f"expected {FORMAT!r}); pass a file written by save_model.")
     return payload
 
 
@@ -89,7 +133,9 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights."""
+    """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint) and
+    load its weights."""
+    device = resolve_device(device)
     payload = read_checkpoint(path)
     model = build_model(payload["config"])
     try:
