@@ -124,14 +124,16 @@ def _is_count(value, minimum: int) -> bool:
 def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm,
                          max_seconds, checkpoint_every, nonfinite, max_skipped_steps):
     if not _is_count(epochs, 0):
-        raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
+        raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}. Pass e.g. "
+                         "epochs=10.")
     if not _is_count(batch_size, 1):
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}. Pass e.g. "
+                         "batch_size=64.")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training datapoints; use "
                          f"batch_size <= {n}.")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number; got {lr!r}")
+        raise ValueError(f"lr must be a positive number; got {lr!r}. Pass e.g. lr=1e-3.")
     if not (isinstance(beta, (int, float)) and beta >= 0):
         raise ValueError(f"beta must be a number >= 0; got {beta!r}")
     if beta_warmup_epochs < 0:
@@ -320,7 +322,7 @@ def find_non_finite_site(model, batch: tuple, kwargs: Mapping, beta: float = 1.0
 
 
 def _found(site: str | None, parameters: Sequence[str]) -> str:
-    text = f": {site}" if site else ""
+    text = f"; {site}" if site else ""
     return text + (f"; non-finite parameters {list(parameters[:5])}" if parameters else "")
 
 
@@ -392,9 +394,15 @@ class _Fit:
     def check_compatible(self, state) -> None:
         """Raise :class:`ResumeError` unless ``state`` can continue this fit; changes nothing."""
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
-            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            if isinstance(state, Mapping) and "format" in state:
+                found = f"format {state['format']!r}"
+            elif isinstance(state, Mapping):
+                found = f"a dict without a format, with keys {list(state)[:4]}"
+            else:
+                found = f"a {type(state).__name__}"
             raise ResumeError(f"resume= expects a training state written by fit's checkpoint "
-                              f"hook (format {STATE_FORMAT!r}); got {found!r}.")
+                              f"hook (format {STATE_FORMAT!r}); got {found}. Pass the state "
+                              "the checkpoint hook received, or a run directory to pyro_vae.fit.")
         if state.get("version") != STATE_VERSION:
             raise ResumeError(f"this training state has version {state.get('version')!r}; this "
                               f"pyro-vae reads version {STATE_VERSION}.")
@@ -477,18 +485,22 @@ class _Fit:
     def _fail(self, description: str, epoch: int, batch_number: int, *, site=None,
               parameters=(), cause=None) -> None:
         """Count a non-finite step under the 'skip' policy, or raise."""
-        where = (f"at epoch {epoch}, step {batch_number} (global step {self.step + 1})")
+        where = f"at epoch {epoch}, step {batch_number} (global step {self.step + 1})"
         if self.nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
             self.skipped_steps += 1
             self.skipped_in_epoch += 1
             self.optimizer.zero_grad(set_to_none=True)
             return
-        limit = (f" after skipping {self.skipped_steps} non-finite steps (max_skipped_steps="
-                 f"{self.max_skipped_steps})" if self.nonfinite == "skip" else "")
+        if self.nonfinite == "skip":
+            limit = (f", after {self.skipped_steps} skipped steps (max_skipped_steps="
+                     f"{self.max_skipped_steps})")
+            remedy = "raise max_skipped_steps"
+        else:
+            limit, remedy = "", "pass nonfinite='skip' to skip such steps"
         raise NonFiniteLossError(
-            f"{description} {where}{limit}. Lower the learning rate, set clip_norm, check "
-            "the data and the likelihood's parameters, or pass nonfinite='skip' to skip such "
-            "steps. The parameters were not updated with this step and no checkpoint was "
+            f"non-finite values {where}: {description}{limit}. Lower the learning rate, set "
+            f"clip_norm, check the data and the likelihood's parameters, or {remedy}. The "
+            "parameters were not updated with this step and no checkpoint was "
             "written after the last good one.",
             epoch=epoch, step=batch_number, global_step=self.step + 1, site=site,
             parameters=parameters) from cause

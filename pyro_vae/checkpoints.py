@@ -3,7 +3,8 @@
 A checkpoint is the training state that :func:`pyro_vae.inference.fit` hands to its
 ``checkpoint`` hook (model and optimizer state, schedules, epoch and step, data order, every
 random state, history and settings), stored as ``RUN/checkpoint.pt``: a plain dict of
-tensors and primitive values that loads with ``torch.load(path, weights_only=True)``.
+tensors and primitive values that loads with ``torch.load(path, weights_only=True)``, plus
+a SHA-256 digest of its contents (``"sha256"``) that :func:`load_checkpoint` verifies.
 
 Crash safety: each checkpoint is written to a temporary file in the same folder, flushed,
 fsynced and renamed over the previous one, so a process killed at any moment leaves either
@@ -33,6 +34,7 @@ from pyro_vae.io import (
     atomic_torch_save,
     load_weights_only,
     stale_temporaries,
+    with_digest,
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
@@ -61,7 +63,7 @@ def save_checkpoint(state: Mapping, location: str | os.PathLike) -> Path:
         raise NonFiniteLossError(f"refusing to write a training state with non-finite values "
                                  f"({bad[:5]}) over {str(path)!r}; the last good checkpoint is "
                                  "kept.", epoch=state.get("epoch"))
-    atomic_torch_save(dict(state), path)
+    atomic_torch_save(with_digest(state), path)
     for leftover in stale_temporaries(path):
         leftover.unlink(missing_ok=True)
     return path

@@ -2,16 +2,19 @@
 
 A saved file is a plain dict of tensors and JSON-like values, so it loads with
 ``torch.load(path, weights_only=True)``. Files are written atomically (temporary file,
-flush, fsync, rename): an interrupted save never leaves a half-written file in place.
+flush, fsync, rename): an interrupted save never leaves a half-written file in place. Each
+file carries a SHA-256 digest of its contents (``"sha256"``), checked on loading: torch
+itself loads a file whose tensor bytes were damaged without complaint.
 :func:`load_model` also rebuilds the model of a training checkpoint
 (:mod:`pyro_vae.checkpoints`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -21,6 +24,7 @@ from pyro_vae.models import VAE
 
 FORMAT = "pyro-vae-model"
 FORMAT_VERSION = 1
+DIGEST_KEY = "sha256"
 
 #: model class name (``config["class"]``) -> builder taking the config's other keys
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"VAE": VAE}
@@ -28,6 +32,40 @@ MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"VAE": VAE}
 
 class CheckpointError(ValueError):
     """A file that is not a loadable pyro-vae model (truncated, corrupted or foreign)."""
+
+
+def content_digest(obj) -> str:
+    """SHA-256 over a canonical walk of dicts, lists, tensors (dtype, shape, bytes) and
+    plain values: equal for a saved object and the object loaded back."""
+    digest = hashlib.sha256()
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{tensor.dtype}{tuple(value.shape)}:".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            digest.update(b"{")
+            for key, item in sorted(value.items(), key=lambda pair: repr(pair[0])):
+                digest.update(repr(key).encode() + b":")
+                visit(item)
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[" if isinstance(value, list) else b"(")
+            for item in value:
+                visit(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
+def with_digest(payload: Mapping) -> dict:
+    """``payload`` plus its :func:`content_digest` under ``"sha256"``."""
+    payload = {key: value for key, value in payload.items() if key != DIGEST_KEY}
+    return {**payload, DIGEST_KEY: content_digest(payload)}
 
 
 def _temporary_prefix(path: Path) -> str:
@@ -81,12 +119,19 @@ def load_weights_only(path: str | os.PathLike, what: str, how_made: str):
         raise FileNotFoundError(f"no {what} at {str(path)!r}; expected a file written by "
                                 f"{how_made}.")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated/corrupt files
+        first_line = (str(error).splitlines() or [""])[0][:120]
         raise CheckpointError(f"{str(path)!r} is not a readable {what} ({type(error).__name__}"
-                              f": {str(error).splitlines()[0][:120]}); it may be truncated or "
-                              f"corrupted. Use another file, or write it again with "
-                              f"{how_made}.") from None
+                              f": {first_line}); it may be truncated or corrupted. Use another "
+                              f"file, or write it again with {how_made}.") from None
+    if isinstance(payload, dict) and DIGEST_KEY in payload:
+        stored = payload.pop(DIGEST_KEY)
+        if content_digest(payload) != stored:
+            raise CheckpointError(f"{str(path)!r} is corrupted: its contents do not match the "
+                                  f"SHA-256 digest stored when it was written. Use another "
+                                  f"file, or write it again with {how_made}.")
+    return payload
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None
@@ -99,8 +144,9 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | No
             "component instances or networks), so save_model cannot rebuild it later. Save "
             "its weights with torch.save(model.state_dict(), path) and rebuild it yourself.")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"format": FORMAT, "version": FORMAT_VERSION, "config": config,
-                              "state_dict": state, "extra": extra or {}}, path)
+    return atomic_torch_save(with_digest({"format": FORMAT, "version": FORMAT_VERSION,
+                                          "config": config, "state_dict": state,
+                                          "extra": extra or {}}), path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
