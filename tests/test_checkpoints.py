@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -50,30 +51,27 @@ def saved_bytes(monkeypatch):
 
 # ---- a write interrupted half-way --------------------------------------------------------
 
-def test_a_write_interrupted_half_way_leaves_the_previous_checkpoint(tmp_path, x, monkeypatch):
-    real_save = torch.save
+def half_writing_save(real_save, interrupt, failing_call: int = 3):
+    """A ``torch.save`` whose ``failing_call``-th call writes half the bytes, flushes them
+    and calls ``interrupt()`` (which raises, or waits to be killed)."""
     calls = []
 
-    def dies_half_way(obj, handle, *args, **kwargs):
+    def save(obj, handle, *args, **kwargs):
         calls.append(1)
-        if len(calls) < 3:
+        if len(calls) < failing_call:
             return real_save(obj, handle, *args, **kwargs)
         buffer = io.BytesIO()
         real_save(obj, buffer)
         handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
         handle.flush()
-        raise KeyboardInterrupt   # as if the process were stopped mid-write
+        interrupt()
 
-    monkeypatch.setattr(torch, "save", dies_half_way)
-    run = tmp_path / "run"
-    with pytest.raises(KeyboardInterrupt):
-        pv.fit(new_model(), x, checkpoint_dir=run, **SETTINGS)
-    monkeypatch.undo()
-    assert len(calls) == 3
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]   # temp file removed
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 2
+    save.calls = calls
+    return save
 
+
+def assert_resumes_exactly(run, x):
+    """Resuming ``run`` ends bit-identical to the same fit done in one go."""
     reference = new_model()
     pv.fit(reference, x, **SETTINGS)
     resumed = new_model(init_seed=1)
@@ -82,26 +80,36 @@ def test_a_write_interrupted_half_way_leaves_the_previous_checkpoint(tmp_path, x
         assert torch.equal(p, q)
 
 
+def test_a_write_interrupted_half_way_leaves_the_previous_checkpoint(tmp_path, x, monkeypatch):
+    def stop():
+        raise KeyboardInterrupt   # as if the process were stopped mid-write
+
+    save = half_writing_save(torch.save, stop)
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        pv.fit(new_model(), x, checkpoint_dir=run, **SETTINGS)
+    monkeypatch.undo()
+    assert len(save.calls) == 3
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]   # temp file removed
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert_resumes_exactly(run, x)
+
+
 CHILD = textwrap.dedent("""
-    import io, json, sys, time
+    import json, sys, time
     import torch
     import pyro_vae as pv
 
-    run, settings = sys.argv[1], json.loads(sys.argv[2])
-    real_save, calls = torch.save, []
+    sys.path.insert(0, sys.argv[3])
+    from test_checkpoints import half_writing_save
 
-    def slow_save(obj, handle, *args, **kwargs):
-        calls.append(1)
-        if len(calls) < 3:
-            return real_save(obj, handle, *args, **kwargs)
-        buffer = io.BytesIO()
-        real_save(obj, buffer)
-        handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-        handle.flush()
+    def wait_for_the_kill():
         print("WRITING", flush=True)
         time.sleep(300)
 
-    torch.save = slow_save
+    run, settings = sys.argv[1], json.loads(sys.argv[2])
+    torch.save = half_writing_save(torch.save, wait_for_the_kill)
     x = pv.load_dataset("digits", binarize=True).train[:160]
     torch.manual_seed(0)
     model = pv.VAE(64, 3, hidden=(16,))
@@ -114,8 +122,9 @@ def test_a_process_killed_while_writing_leaves_a_loadable_checkpoint(tmp_path, x
     run = tmp_path / "run"
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    child = subprocess.Popen([sys.executable, str(script), str(run), json.dumps(SETTINGS)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tests = str(Path(__file__).parent)
+    child = subprocess.Popen([sys.executable, str(script), str(run), json.dumps(SETTINGS),
+                              tests], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watchdog = threading.Timer(120, child.kill)
     watchdog.start()
     try:
@@ -131,15 +140,8 @@ def test_a_process_killed_while_writing_leaves_a_loadable_checkpoint(tmp_path, x
         child.communicate()
     assert child.returncode == -signal.SIGKILL
     assert stale_temporaries(run / "checkpoint.pt") == partial   # the kill left it behind
-    state = torch.load(run / "checkpoint.pt", weights_only=True)
-    assert state["epoch"] == 2
-
-    reference = new_model()
-    pv.fit(reference, x, **SETTINGS)
-    resumed = new_model(init_seed=1)
-    pv.fit(resumed, x, resume=run, **SETTINGS)
-    for p, q in zip(resumed.parameters(), reference.parameters(), strict=True):
-        assert torch.equal(p, q)
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["epoch"] == 2
+    assert_resumes_exactly(run, x)
     assert stale_temporaries(run / "checkpoint.pt") == []   # cleaned by the next write
 
 

@@ -142,7 +142,7 @@ def test_resume_from_run_directory(tmp_path, binary_digits):
     assert set(state["rng"]) == {"torch", "cuda", "numpy", "python"}
 
     resumed = new_model(1)
-    result = pv.fit(resumed, x, resume=run, **settings)
+    result = pv.fit(resumed, x, checkpoint_dir=run, checkpoint_every=2, resume=run, **settings)
     assert_same_parameters(resumed, reference)
     assert len(result.history) == 5
     final = pv.load_checkpoint(run)
