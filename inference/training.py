@@ -295,11 +295,12 @@ def _non_finite_summary(tensor: torch.Tensor) -> str:
 
 @torch.no_grad()
 def find_non_finite_site(model, batch: tuple, kwargs: Mapping, beta: float = 1.0
-                         ) -> str | None:
+                         ) -> tuple[str, str] | None:
     """Trace the guide and replay the model on ``batch`` (validation off, so NaN parameters
-    reach the densities) and describe the first sample site, guide first, whose value or
-    log-probability is non-finite; None when every site is finite. Uses the current random
-    state: set it to the one of a failed step to redraw that step's latent values."""
+    reach the densities) and return ``(name, description)`` of the first sample site, guide
+    first, whose value or log-probability is non-finite; None when every site is finite.
+    Uses the current random state: set it to the one of a failed step to redraw that step's
+    latent values."""
     with pyro.validation_enabled(False), poutine.block(), scale_latent_sites(beta):
         guide_trace = poutine.trace(model.guide).get_trace(*batch, **kwargs)
         model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
@@ -312,24 +313,18 @@ def find_non_finite_site(model, batch: tuple, kwargs: Mapping, beta: float = 1.0
             if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(
                     torch.isfinite(value).all()):
                 what = "observed site" if site["is_observed"] else "sample site"
-                return (f"{what} {name!r} of the {role} has non-finite values "
-                        f"({_non_finite_summary(value)})")
+                return name, (f"{what} {name!r} of the {role} has non-finite values "
+                              f"({_non_finite_summary(value)})")
             log_prob = scale_and_mask(site["fn"].log_prob(value), mask=site["mask"])
             if isinstance(log_prob, torch.Tensor) and not bool(torch.isfinite(log_prob).all()):
-                return (f"the log-probability of sample site {name!r} in the {role} is "
-                        f"non-finite ({_non_finite_summary(log_prob)})")
+                return name, (f"the log-probability of sample site {name!r} in the {role} "
+                              f"is non-finite ({_non_finite_summary(log_prob)})")
     return None
 
 
-def _found(site: str | None, parameters: Sequence[str]) -> str:
-    text = f"; {site}" if site else ""
+def _found(finding: tuple[str | None, str] | None, parameters: Sequence[str]) -> str:
+    text = f"; {finding[1]}" if finding else ""
     return text + (f"; non-finite parameters {list(parameters[:5])}" if parameters else "")
-
-
-def _site_name(description: str | None) -> str | None:
-    if description is None:
-        return None
-    return description.split("'")[1] if "'" in description else None
 
 
 # ---- the fit ----------------------------------------------------------------------------
@@ -505,22 +500,24 @@ class _Fit:
             epoch=epoch, step=batch_number, global_step=self.step + 1, site=site,
             parameters=parameters) from cause
 
-    def _diagnose(self, batch, beta, rng_before_step) -> tuple[str | None, list[str]]:
-        """The non-finite data or sample site of a failed step (redrawn from the random
-        state the step started with) and the parameters with non-finite values."""
+    def _diagnose(self, batch, beta, rng_before_step
+                  ) -> tuple[tuple[str | None, str] | None, list[str]]:
+        """What went non-finite in a failed step: ``(site name or None, description)`` for
+        non-finite data or the first non-finite sample site (redrawn from the random state
+        the step started with), or None; and the parameters with non-finite values."""
         named = dict(self.model.named_parameters())
         parameters = [name for name, p in named.items() if not bool(torch.isfinite(p).all())]
         for position, tensor in enumerate(batch):
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-                return (f"batch tensor {position} holds non-finite data "
+                return (None, f"batch tensor {position} holds non-finite data "
                         f"({_non_finite_summary(tensor)})"), parameters
         rng_after = torch.get_rng_state()
         torch.set_rng_state(rng_before_step)
         try:
-            site = find_non_finite_site(self.model, batch, self.step_kwargs, beta)
+            finding = find_non_finite_site(self.model, batch, self.step_kwargs, beta)
         finally:
             torch.set_rng_state(rng_after)
-        return site, parameters
+        return finding, parameters
 
     def train_step(self, batch, epoch: int, batch_number: int) -> None:
         model, optimizer = self.model, self.optimizer
@@ -536,17 +533,17 @@ class _Fit:
             # distribution validation rejects NaN parameters before any loss exists
             if "found invalid values" not in str(error):
                 raise
-            site, parameters = self._diagnose(batch, beta, rng_before)
-            if site is None and not parameters:
+            finding, parameters = self._diagnose(batch, beta, rng_before)
+            if finding is None and not parameters:
                 raise
-            self._fail("a distribution was given NaN parameters" + _found(site, parameters),
-                       epoch, batch_number, site=_site_name(site), parameters=parameters,
+            self._fail("a distribution was given NaN parameters" + _found(finding, parameters),
+                       epoch, batch_number, site=finding and finding[0], parameters=parameters,
                        cause=error)
             return
         if not math.isfinite(loss):
-            site, parameters = self._diagnose(batch, beta, rng_before)
-            self._fail(f"the loss became {loss}" + _found(site, parameters), epoch,
-                       batch_number, site=_site_name(site), parameters=parameters)
+            finding, parameters = self._diagnose(batch, beta, rng_before)
+            self._fail(f"the loss became {loss}" + _found(finding, parameters), epoch,
+                       batch_number, site=finding and finding[0], parameters=parameters)
             return
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])

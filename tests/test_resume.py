@@ -237,3 +237,20 @@ def test_fresh_fit_refuses_to_overwrite_a_checkpoint(tmp_path, binary_digits):
     with pytest.raises(FileExistsError, match="already holds a checkpoint.*resume="):
         pv.fit(new_model(0), x, checkpoint_dir=tmp_path, **dict(SETTINGS, epochs=1))
     assert (tmp_path / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_resume_on_cuda_restores_the_cuda_random_state(binary_digits):
+    x = binary_digits.train[:160].cuda()
+    settings = dict(SETTINGS, epochs=3, device="cuda")
+    reference = new_model(0)
+    pv.fit(reference, x, **settings)
+    states = []
+    with pytest.raises(Interrupted):
+        pv.fit(new_model(0), x, checkpoint=states.append, callbacks=[stop_at(2)], **settings)
+    assert len(states[-1]["rng"]["cuda"]) == torch.cuda.device_count()
+    resumed = new_model(1)
+    pv.fit(resumed, x, resume=states[-1], **settings)
+    for p, q in zip(resumed.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q)   # CUDA kernels need not be bit-reproducible
