@@ -27,8 +27,13 @@ from pyro_vae.inference.evaluation import (
 from pyro_vae.inference.training import (
     FitResult,
     NonFiniteLossError,
+    ResumeError,
+    capture_rng_state,
+    find_non_finite_site,
     fit,
+    non_finite_entries,
     resolve_device,
+    restore_rng_state,
     scale_latent_sites,
 )
 
@@ -37,5 +42,7 @@ __all__ = [
     "register_estimator", "valid_specs",
     "EvaluationResult", "NotPerDatapointError", "active_units", "elbo_terms", "evaluate",
     "kl_per_dimension", "log_density_terms", "log_likelihood", "posterior_means",
-    "FitResult", "NonFiniteLossError", "fit", "resolve_device", "scale_latent_sites",
+    "FitResult", "NonFiniteLossError", "ResumeError", "capture_rng_state",
+    "find_non_finite_site", "fit", "non_finite_entries", "resolve_device", "restore_rng_state",
+    "scale_latent_sites",
 ]

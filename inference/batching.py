@@ -25,8 +25,8 @@ class TensorSource:
                                 "with torch.as_tensor(array, dtype=torch.float32).")
         lengths = {len(t) for t in tensors}
         if len(lengths) != 1:
-            raise ValueError(f"all data tensors must have the same number of rows; got "
-                             f"{[len(t) for t in tensors]}")
+            raise ValueError(f"all data tensors must have the same number of rows (one per "
+                             f"datapoint); got {[len(t) for t in tensors]}")
         self.tensors = tensors
 
     def __len__(self) -> int:

@@ -30,6 +30,7 @@ from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
 from pyro_vae.inference.batching import as_source, first_tensor, ordered_batches
+from pyro_vae.models._validation import check_positive_int
 
 DATA_PLATE = "data"
 
@@ -287,6 +288,10 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
     """Importance-sampled log p(x) with ``num_samples`` particles (default 5000, as Burda
     et al. 2015), the ELBO and its two terms (``elbo_particles`` draws), active units and
     mean KL per latent dimension; all averages per datapoint in nats."""
+    check_positive_int(elbo_particles, "elbo_particles")
+    check_positive_int(particle_budget, "particle_budget")
+    if batch_size is not None:
+        check_positive_int(batch_size, "batch_size")
     source = as_source(data)
     check_fn = getattr(model, "check_data", None)
     if check and callable(check_fn):

@@ -2,26 +2,41 @@
 
 One path serves every estimator (RenyiELBO and TraceGraph_ELBO have no
 ``differentiable_loss``): per step, gradients of the estimator's surrogate are accumulated
-by Pyro, optionally clipped, and applied by a plain ``torch.optim`` optimizer over the
-module's parameters.
+by Pyro, checked for NaN/inf, optionally clipped, and applied by a plain ``torch.optim``
+optimizer over the module's parameters.
 
 Minibatches are scaled to the full data: a model whose ``model``/``guide`` accept a
 ``num_data`` keyword receives the training-set size and scales its ``"data"`` plate by N/B,
 so the loss is an unbiased estimate of the full-data objective; reported losses are divided
 by N (per datapoint, nats). A model without ``num_data`` is run unscaled and its batch loss
 is divided by B instead (the same per-datapoint number when all latents are local).
+
+Exact resume: :func:`fit` can hand a *training state* to a ``checkpoint`` hook and continue
+from one (``resume=``). The state is a plain dict of tensors and primitive values, loadable
+with ``torch.load(weights_only=True)``: model and optimizer state, the schedules (beta
+warm-up position, learning-rate scheduler, and any object taking part in the fit that has
+``state_dict``/``load_state_dict``), epoch and step, the data order (the permutation
+generator's state, and the unfinished epoch's permutation), every random state (Python,
+NumPy, torch CPU and CUDA), the history so far and the settings. A fit interrupted and
+resumed from its last state ends with the same parameters, bit for bit on CPU, as the same
+fit run in one go. This module writes no files; :mod:`pyro_vae.checkpoints` does.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyro
 import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from pyro_vae.inference.batching import as_source, first_tensor
@@ -31,10 +46,35 @@ from pyro_vae.models.handlers import scale_latent_sites
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD,
               "rmsprop": torch.optim.RMSprop}
+NONFINITE_POLICIES = ("raise", "skip")
+
+STATE_FORMAT = "pyro-vae-training-state"
+STATE_VERSION = 1
+#: settings that must agree between a saved state and the fit resuming it
+RESUME_SETTINGS = ("estimator", "batch_size", "lr", "optimizer", "lr_schedule", "seed", "beta",
+                   "beta_warmup_epochs", "clip_norm", "num_data", "minibatch_scaled",
+                   "monitor_size", "vectorize_particles", "nonfinite")
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The training loss became NaN or infinite."""
+    """The training loss, a gradient or a parameter became NaN or infinite.
+
+    ``epoch``, ``step`` (within the epoch), ``global_step``, ``site`` (the sample site whose
+    log-probability went non-finite, where one was found) and ``parameters`` (names of
+    parameters with non-finite values or gradients) say where.
+    """
+
+    def __init__(self, message: str, *, epoch: int | None = None, step: int | None = None,
+                 global_step: int | None = None, site: str | None = None,
+                 parameters: Sequence[str] = ()):
+        super().__init__(message)
+        self.epoch, self.step, self.global_step = epoch, step, global_step
+        self.site, self.parameters = site, list(parameters)
+
+
+class ResumeError(ValueError):
+    """A training state this fit cannot continue: malformed, or written by a fit with
+    another model configuration, other data or other settings."""
 
 
 def resolve_device(device: str | torch.device = "cpu") -> torch.device:
@@ -77,17 +117,23 @@ def beta_schedule(beta: float, warmup_steps: int, step: int) -> float:
     return beta * min(1.0, (step + 1) / warmup_steps)
 
 
+def _is_count(value, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
 def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm,
-                         max_seconds):
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}")
+                         max_seconds, checkpoint_every, nonfinite, max_skipped_steps):
+    if not _is_count(epochs, 0):
+        raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}. Pass e.g. "
+                         "epochs=10.")
+    if not _is_count(batch_size, 1):
+        raise ValueError(f"batch_size must be a positive integer; got {batch_size!r}. Pass e.g. "
+                         "batch_size=64.")
     if batch_size > n:
         raise ValueError(f"batch_size={batch_size} exceeds the {n} training datapoints; use "
                          f"batch_size <= {n}.")
     if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number; got {lr!r}")
+        raise ValueError(f"lr must be a positive number; got {lr!r}. Pass e.g. lr=1e-3.")
     if not (isinstance(beta, (int, float)) and beta >= 0):
         raise ValueError(f"beta must be a number >= 0; got {beta!r}")
     if beta_warmup_epochs < 0:
@@ -96,15 +142,31 @@ def _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, cl
         raise ValueError(f"clip_norm must be positive or None; got {clip_norm!r}")
     if max_seconds is not None and not max_seconds > 0:
         raise ValueError(f"max_seconds must be positive or None; got {max_seconds!r}")
+    if not _is_count(checkpoint_every, 1):
+        raise ValueError(f"checkpoint_every must be a positive integer (epochs between "
+                         f"checkpoints); got {checkpoint_every!r}")
+    if nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"nonfinite must be one of {list(NONFINITE_POLICIES)}; got "
+                         f"{nonfinite!r}. Use 'skip' to skip non-finite steps.")
+    if not _is_count(max_skipped_steps, 0):
+        raise ValueError(f"max_skipped_steps must be a non-negative integer; got "
+                         f"{max_skipped_steps!r}")
 
 
 @dataclass
 class FitResult:
-    """What a fit did: one record per epoch and the settings it ran with."""
+    """What a fit did: one record per epoch and the settings it ran with.
+
+    ``skipped_steps`` counts the steps skipped for a non-finite loss or gradient (only with
+    ``nonfinite='skip'``); ``resumed_from_epoch`` is the epoch of the state a resumed fit
+    continued from (None for a fit run from the start).
+    """
 
     history: list[dict] = field(default_factory=list)
     settings: dict = field(default_factory=dict)
     seconds: float = 0.0
+    skipped_steps: int = 0
+    resumed_from_epoch: int | None = None
 
     @property
     def final(self) -> dict:
@@ -114,12 +176,446 @@ class FitResult:
         return [record.get(key, float("nan")) for record in self.history]
 
 
+# ---- random states and plain-value state ------------------------------------------------
+
+def capture_rng_state() -> dict:
+    """Every global random state (Python, NumPy, torch CPU and CUDA) as tensors and plain
+    values, so it loads with ``torch.load(weights_only=True)``."""
+    py_version, py_internal, py_gauss = random.getstate()
+    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
+        "python": {"version": py_version, "internal": torch.tensor(py_internal),
+                   "gauss_next": py_gauss},
+    }
+
+
+def restore_rng_state(state: Mapping) -> None:
+    """Set every global random state from :func:`capture_rng_state`'s output. CUDA states
+    are restored when CUDA is available (as many devices as both sides have)."""
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available():
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
+    numpy = state["numpy"]
+    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    python = state["python"]
+    random.setstate((python["version"], tuple(python["internal"].tolist()),
+                     python["gauss_next"]))
+
+
+def _cpu_copy(obj):
+    """A deep copy with every tensor detached and copied to the CPU (no aliasing of the
+    live parameters or optimizer buffers)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, Mapping):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(_cpu_copy(value) for value in obj)
+    if isinstance(obj, list):
+        return [_cpu_copy(value) for value in obj]
+    return obj
+
+
+_PLAIN_TYPES = (str, int, float, bool, type(None), torch.dtype, torch.Size)
+
+
+def check_plain(obj, where: str = "state") -> None:
+    """Raise TypeError unless obj is built from dicts, lists, tuples, tensors and plain
+    values only, i.e. readable by ``torch.load(weights_only=True)``."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PLAIN_TYPES):
+        return
+    if isinstance(obj, Mapping):
+        for key, value in obj.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"{where} has a key {key!r} of type {type(key).__name__}; "
+                                "expected str or int keys")
+            check_plain(value, f"{where}[{key!r}]")
+        return
+    if isinstance(obj, (list, tuple)):
+        for index, value in enumerate(obj):
+            check_plain(value, f"{where}[{index}]")
+        return
+    raise TypeError(f"{where} holds a {type(obj).__name__}, which a checkpoint cannot store "
+                    "(torch.load(weights_only=True) reads only tensors and plain values). Give "
+                    "the object a state_dict() of tensors, numbers, strings, lists and dicts.")
+
+
+def non_finite_entries(obj, prefix: str = "") -> list[str]:
+    """Names (dotted paths) of the floating-point tensors in obj holding NaN or inf."""
+    if isinstance(obj, torch.Tensor):
+        bad = obj.is_floating_point() and not bool(torch.isfinite(obj).all())
+        return [prefix or "tensor"] if bad else []
+    if isinstance(obj, Mapping):
+        items = obj.items()
+    elif isinstance(obj, (list, tuple)):
+        items = enumerate(obj)
+    else:
+        return []
+    return [name for key, value in items
+            for name in non_finite_entries(value, f"{prefix}.{key}" if prefix else str(key))]
+
+
+def _data_fingerprint(source) -> dict:
+    """Shape and an order-sensitive checksum of the training data (to refuse resuming a fit
+    on other data): sum_n w_n sum_d x_nd with weights w_n rising linearly from 1 to 2."""
+    x = first_tensor(source)
+    rows = x.reshape(len(x), -1).sum(1, dtype=torch.float64)
+    weights = torch.linspace(1.0, 2.0, len(rows), dtype=torch.float64, device=rows.device)
+    return {"shape": list(x.shape), "checksum": float((rows * weights).sum())}
+
+
+def _stateful(obj) -> bool:
+    return callable(getattr(obj, "state_dict", None)) and callable(
+        getattr(obj, "load_state_dict", None))
+
+
+def _describe_differences(saved: Mapping, current: Mapping, keys) -> list[str]:
+    return [f"{key}: checkpoint {saved.get(key)!r}, this fit {current.get(key)!r}"
+            for key in keys if saved.get(key) != current.get(key)]
+
+
+_STATE_KEYS = ("epoch", "step", "skipped_steps", "epoch_progress", "model", "optimizer",
+               "schedules", "rng", "data_order", "monitor_index", "data", "settings", "history",
+               "seconds")
+
+
+# ---- finding what went non-finite -------------------------------------------------------
+
+def _non_finite_summary(tensor: torch.Tensor) -> str:
+    bad = ~torch.isfinite(tensor)
+    example = tensor[bad].flatten()[:3].tolist()
+    return f"{int(bad.sum())} of {tensor.numel()} values, e.g. {example}"
+
+
+@torch.no_grad()
+def find_non_finite_site(model, batch: tuple, kwargs: Mapping, beta: float = 1.0
+                         ) -> tuple[str, str] | None:
+    """Trace the guide and replay the model on ``batch`` (validation off, so NaN parameters
+    reach the densities) and return ``(name, description)`` of the first sample site, guide
+    first, whose value or log-probability is non-finite; None when every site is finite.
+    Uses the current random state: set it to the one of a failed step to redraw that step's
+    latent values."""
+    with pyro.validation_enabled(False), poutine.block(), scale_latent_sites(beta):
+        guide_trace = poutine.trace(model.guide).get_trace(*batch, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
+            *batch, **kwargs)
+    for role, trace in (("guide", guide_trace), ("model", model_trace)):
+        for name, site in trace.nodes.items():
+            if site["type"] != "sample" or isinstance(site["fn"], _Subsample):
+                continue
+            value = site["value"]
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(
+                    torch.isfinite(value).all()):
+                what = "observed site" if site["is_observed"] else "sample site"
+                return name, (f"{what} {name!r} of the {role} has non-finite values "
+                              f"({_non_finite_summary(value)})")
+            log_prob = scale_and_mask(site["fn"].log_prob(value), mask=site["mask"])
+            if isinstance(log_prob, torch.Tensor) and not bool(torch.isfinite(log_prob).all()):
+                return name, (f"the log-probability of sample site {name!r} in the {role} "
+                              f"is non-finite ({_non_finite_summary(log_prob)})")
+    return None
+
+
+def _found(finding: tuple[str | None, str] | None, parameters: Sequence[str]) -> str:
+    text = f"; {finding[1]}" if finding else ""
+    return text + (f"; non-finite parameters {list(parameters[:5])}" if parameters else "")
+
+
+# ---- the fit ----------------------------------------------------------------------------
+
+class _Fit:
+    """One fit's moving parts and progress; :meth:`state_dict` / :meth:`load_state_dict`
+    capture and restore all of it (see the module docstring)."""
+
+    def __init__(self, model, source, *, elbo, optimizer, lr_scheduler, schedules: dict,
+                 settings: dict, monitor_index, order: torch.Generator, nesting: int,
+                 batch_size: int, beta: float, warmup_steps: int, clip_norm, scaled: bool,
+                 nonfinite: str, max_skipped_steps: int, device):
+        self.model, self.source, self.elbo = model, source, elbo
+        self.optimizer, self.lr_scheduler, self.schedules = optimizer, lr_scheduler, schedules
+        self.settings, self.monitor_index, self.order = settings, monitor_index, order
+        self.nesting, self.batch_size, self.beta = nesting, batch_size, beta
+        self.warmup_steps, self.clip_norm, self.scaled = warmup_steps, clip_norm, scaled
+        self.nonfinite, self.max_skipped_steps, self.device = nonfinite, max_skipped_steps, device
+        self.n = len(source)
+        self.steps_per_epoch = math.ceil(self.n / batch_size)
+        self.step_kwargs = {"num_data": self.n} if scaled else {}
+        self.current_beta = beta
+        # progress: completed epochs, batches processed (global), and the unfinished epoch
+        self.epoch, self.step, self.skipped_steps = 0, 0, 0
+        self.permutation: torch.Tensor | None = None
+        self.batch_in_epoch, self.loss_sum, self.seen, self.skipped_in_epoch = 0, 0.0, 0, 0
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        # random states at the step boundary where the time budget cut an epoch short: a
+        # resumed fit continues from there, before the partial record's monitor draws
+        self.rng_at_stop: dict | None = None
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        scheduler_states = {name: obj.state_dict() for name, obj in self.schedules.items()}
+        scheduler_states["beta"] = {"beta": self.beta, "warmup_steps": self.warmup_steps,
+                                    "step": self.step}
+        if self.lr_scheduler is not None:
+            scheduler_states["lr"] = self.lr_scheduler.state_dict()
+        state = {
+            "format": STATE_FORMAT, "version": STATE_VERSION,
+            "epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
+            "epoch_progress": {"batch": self.batch_in_epoch, "permutation": self.permutation,
+                               "loss_sum": self.loss_sum, "seen": self.seen,
+                               "skipped": self.skipped_in_epoch},
+            "model": self.model.state_dict(),
+            "model_config": getattr(self.model, "config", None),
+            "optimizer": self.optimizer.state_dict(),
+            "schedules": scheduler_states,
+            "rng": self.rng_at_stop or capture_rng_state(),
+            "data_order": self.order.get_state(),
+            "monitor_index": self.monitor_index,
+            "data": _data_fingerprint(self.source),
+            "settings": dict(self.settings),
+            "history": self.history,
+            "seconds": self.seconds,
+        }
+        state = _cpu_copy(state)
+        check_plain(state)
+        return state
+
+    def check_compatible(self, state) -> None:
+        """Raise :class:`ResumeError` unless ``state`` can continue this fit; changes nothing."""
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            if isinstance(state, Mapping) and "format" in state:
+                found = f"format {state['format']!r}"
+            elif isinstance(state, Mapping):
+                found = f"a dict without a format, with keys {list(state)[:4]}"
+            else:
+                found = f"a {type(state).__name__}"
+            raise ResumeError(f"resume= expects a training state written by fit's checkpoint "
+                              f"hook (format {STATE_FORMAT!r}); got {found}. Pass the state "
+                              "the checkpoint hook received, or a run directory to pyro_vae.fit.")
+        if state.get("version") != STATE_VERSION:
+            raise ResumeError(f"this training state has version {state.get('version')!r}; this "
+                              f"pyro-vae reads version {STATE_VERSION}.")
+        absent = [key for key in _STATE_KEYS if key not in state]
+        if absent:
+            raise ResumeError(f"the training state lacks {absent}; it is incomplete or was "
+                              "altered. Use another checkpoint.")
+        differences = _describe_differences(state["settings"], self.settings, RESUME_SETTINGS)
+        if differences:
+            raise ResumeError("the checkpoint was written by a fit with other settings ("
+                              + "; ".join(differences) + "). Resume with the checkpoint's "
+                              "settings, or start a new fit.")
+        saved_config, config = state.get("model_config"), getattr(self.model, "config", None)
+        if saved_config is not None and config is not None and saved_config != config:
+            keys = sorted(set(saved_config) | set(config))
+            raise ResumeError("the checkpoint was written for another model configuration ("
+                              + "; ".join(_describe_differences(saved_config, config, keys))
+                              + "). Build the model with the checkpoint's configuration "
+                              "(pyro_vae.load_model(checkpoint) rebuilds it).")
+        current = self.model.state_dict()
+        saved = state["model"]
+        missing, unexpected = sorted(set(current) - set(saved)), sorted(set(saved) - set(current))
+        shapes = [f"{key}: checkpoint {tuple(saved[key].shape)}, model "
+                  f"{tuple(current[key].shape)}" for key in sorted(set(saved) & set(current))
+                  if saved[key].shape != current[key].shape]
+        if missing or unexpected or shapes:
+            raise ResumeError(f"the checkpoint's weights do not fit this model (missing "
+                              f"{missing[:5]}, unexpected {unexpected[:5]}, shape mismatches "
+                              f"{shapes[:5]}). Build the model the checkpoint was written for.")
+        fingerprint = _data_fingerprint(self.source)
+        saved_data = state["data"]
+        if saved_data["shape"] != fingerprint["shape"] or not math.isclose(
+                saved_data["checksum"], fingerprint["checksum"], rel_tol=1e-6, abs_tol=1e-6):
+            raise ResumeError(f"the training data differ from the checkpoint's (checkpoint: "
+                              f"shape {saved_data['shape']}, checksum {saved_data['checksum']:.6g}"
+                              f"; now: shape {fingerprint['shape']}, checksum "
+                              f"{fingerprint['checksum']:.6g}). Resume with the same data, in "
+                              "the same order.")
+        expected = set(self.schedules) | {"beta"} | ({"lr"} if self.lr_scheduler else set())
+        if set(state["schedules"]) != expected:
+            raise ResumeError(f"the checkpoint holds schedule states {sorted(state['schedules'])}"
+                              f" but this fit has {sorted(expected)}; pass the same "
+                              "lr_schedule, callbacks, schedules and estimator as the run that "
+                              "wrote it.")
+        bad = non_finite_entries({"model": saved, "optimizer": state["optimizer"]})
+        if bad:
+            raise ResumeError(f"the training state holds non-finite values ({bad[:5]}); it "
+                              "cannot be resumed. Use an earlier checkpoint.")
+
+    def load_state_dict(self, state) -> None:
+        """Restore everything but the random states (see :meth:`restore_random_states`)."""
+        self.check_compatible(state)
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError) as error:
+            raise ResumeError(f"the checkpoint's optimizer state does not fit this fit's "
+                              f"optimizer: {error}") from None
+        self.model.load_state_dict(state["model"])
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.load_state_dict(state["schedules"]["lr"])
+        for name, obj in self.schedules.items():
+            obj.load_state_dict(state["schedules"][name])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.skipped_steps = state["skipped_steps"]
+        progress = state["epoch_progress"]
+        self.batch_in_epoch, self.permutation = progress["batch"], progress["permutation"]
+        self.loss_sum, self.seen = progress["loss_sum"], progress["seen"]
+        self.skipped_in_epoch = progress["skipped"]
+        self.monitor_index = state["monitor_index"].to(self.device)
+        self.history = [dict(record) for record in state["history"]]
+        if self.batch_in_epoch and self.history and self.history[-1].get("partial_epoch"):
+            self.history.pop()   # the unfinished epoch gets its full record when it completes
+        self.seconds = state["seconds"]
+
+    def restore_random_states(self, state) -> None:
+        restore_rng_state(state["rng"])
+        self.order.set_state(state["data_order"])
+
+    # -- training ------------------------------------------------------------------------
+    def _fail(self, description: str, epoch: int, batch_number: int, *, site=None,
+              parameters=(), cause=None) -> None:
+        """Count a non-finite step under the 'skip' policy, or raise."""
+        where = f"at epoch {epoch}, step {batch_number} (global step {self.step + 1})"
+        if self.nonfinite == "skip" and self.skipped_steps < self.max_skipped_steps:
+            self.skipped_steps += 1
+            self.skipped_in_epoch += 1
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+        if self.nonfinite == "skip":
+            limit = (f", after {self.skipped_steps} skipped steps (max_skipped_steps="
+                     f"{self.max_skipped_steps})")
+            remedy = "raise max_skipped_steps"
+        else:
+            limit, remedy = "", "pass nonfinite='skip' to skip such steps"
+        raise NonFiniteLossError(
+            f"non-finite values {where}: {description}{limit}. Lower the learning rate, set "
+            f"clip_norm, check the data and the likelihood's parameters, or {remedy}. The "
+            "parameters were not updated with this step and no checkpoint was "
+            "written after the last good one.",
+            epoch=epoch, step=batch_number, global_step=self.step + 1, site=site,
+            parameters=parameters) from cause
+
+    def _diagnose(self, batch, beta, rng_before_step
+                  ) -> tuple[tuple[str | None, str] | None, list[str]]:
+        """What went non-finite in a failed step: ``(site name or None, description)`` for
+        non-finite data or the first non-finite sample site (redrawn from the random state
+        the step started with), or None; and the parameters with non-finite values."""
+        named = dict(self.model.named_parameters())
+        parameters = [name for name, p in named.items() if not bool(torch.isfinite(p).all())]
+        for position, tensor in enumerate(batch):
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+                return (None, f"batch tensor {position} holds non-finite data "
+                        f"({_non_finite_summary(tensor)})"), parameters
+        rng_after = torch.get_rng_state()
+        torch.set_rng_state(rng_before_step)
+        try:
+            finding = find_non_finite_site(self.model, batch, self.step_kwargs, beta)
+        finally:
+            torch.set_rng_state(rng_after)
+        return finding, parameters
+
+    def train_step(self, batch, epoch: int, batch_number: int) -> None:
+        model, optimizer = self.model, self.optimizer
+        beta = beta_schedule(self.beta, self.warmup_steps, self.step)
+        self.current_beta = beta
+        rng_before = torch.get_rng_state()
+        optimizer.zero_grad(set_to_none=True)
+        try:
+            with scale_latent_sites(beta):
+                loss = self.elbo.loss_and_grads(model.model, model.guide, *batch,
+                                                **self.step_kwargs)
+        except ValueError as error:
+            # distribution validation rejects NaN parameters before any loss exists
+            if "found invalid values" not in str(error):
+                raise
+            finding, parameters = self._diagnose(batch, beta, rng_before)
+            if finding is None and not parameters:
+                raise
+            self._fail("a distribution was given NaN parameters" + _found(finding, parameters),
+                       epoch, batch_number, site=finding and finding[0], parameters=parameters,
+                       cause=error)
+            return
+        if not math.isfinite(loss):
+            finding, parameters = self._diagnose(batch, beta, rng_before)
+            self._fail(f"the loss became {loss}" + _found(finding, parameters), epoch,
+                       batch_number, site=finding and finding[0], parameters=parameters)
+            return
+        params = [p for p in model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
+        if not bool(torch.isfinite(grad_norm)):
+            bad = [name for name, p in model.named_parameters()
+                   if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+            self._fail(f"the gradient of parameter(s) {bad[:5]} became non-finite (loss "
+                       f"{loss:.6g})", epoch, batch_number, parameters=bad)
+            return
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
+        optimizer.step()
+        # a scaled batch loss estimates the full-data sum: weight it by its share B/N
+        self.loss_sum += loss * (len(batch[0]) / self.n if self.scaled else 1.0)
+        self.seen += len(batch[0])
+
+    def run_epoch(self, epoch: int, out_of_time: Callable[[], bool]) -> bool:
+        """Train the rest of ``epoch``; True when a step crossed the time budget."""
+        self.model.train()
+        if self.batch_in_epoch == 0:
+            self.permutation = torch.randperm(self.n, generator=self.order)
+        permutation = self.permutation.to(self.device)
+        self.current_beta = beta_schedule(self.beta, self.warmup_steps, self.step)
+        starts = range(self.batch_in_epoch * self.batch_size, self.n, self.batch_size)
+        for batch_number, start in enumerate(starts, self.batch_in_epoch + 1):
+            batch = self.source.get(permutation[start:start + self.batch_size])
+            self.train_step(batch, epoch, batch_number)
+            self.step += 1
+            self.batch_in_epoch = batch_number
+            if out_of_time():
+                if self.batch_in_epoch < self.steps_per_epoch:
+                    self.rng_at_stop = capture_rng_state()
+                return True
+        return False
+
+    def finish_epoch(self, epoch: int, validation, epoch_start: float) -> dict:
+        partial = self.batch_in_epoch < self.steps_per_epoch
+        lr = float(self.optimizer.param_groups[0].get("lr", float("nan")))
+        record = {"epoch": epoch, "step": self.step,
+                  "loss": self.loss_sum / self.seen if self.seen else float("nan"),
+                  "beta": self.current_beta, "lr": lr, "skipped_steps": self.skipped_in_epoch}
+        if partial:
+            record["partial_epoch"] = True
+        else:
+            self.epoch = epoch
+            self.permutation, self.batch_in_epoch = None, 0
+            self.loss_sum, self.seen, self.skipped_in_epoch = 0.0, 0, 0
+            if self.lr_scheduler is not None:
+                if isinstance(self.lr_scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.lr_scheduler.step(record["loss"])
+                else:
+                    self.lr_scheduler.step()
+        self.model.eval()
+        monitor = self.source.get(self.monitor_index)
+        record.update(_monitor_terms(self.model, monitor, self.nesting, prefix=""))
+        if validation is not None:
+            record.update(_monitor_terms(self.model, validation, self.nesting, prefix="val_"))
+        record["seconds"] = time.perf_counter() - epoch_start
+        self.history.append(record)
+        return record
+
+
 def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | None = None,
         lr: float = 1e-3, optimizer="adam", seed: int | None = 0, device="cpu",
         beta: float = 1.0, beta_warmup_epochs: float = 0, clip_norm: float | None = None,
         validation_data=None, monitor_size: int = 1000, vectorize_particles: bool = True,
         max_seconds: float | None = None, quiet: bool = False,
-        callbacks: Sequence[Callable[[dict], None]] = ()) -> FitResult:
+        callbacks: Sequence[Callable[[dict], None]] = (), lr_schedule=None,
+        schedules: Mapping[str, object] | None = None,
+        checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 1,
+        resume: Mapping | None = None, nonfinite: str = "raise",
+        max_skipped_steps: int = 10) -> FitResult:
     """Fit ``model`` (anything with Pyro ``model``/``guide`` methods and torch parameters).
 
     ``data`` is a tensor (N, features), a tuple of tensors (model(*batch)) or a batch source;
@@ -127,14 +623,33 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     ``estimator`` is a spec (``'elbo'``, ``'meanfield'``, ``'iwae:k=5'``,
     ``'renyi:alpha=0.5,k=5'``) or a Pyro ELBO. ``beta`` multiplies the latent sites' log-
     densities (KL weight), ramped linearly from 0 over ``beta_warmup_epochs``.
+    ``lr_schedule`` is a callable ``optimizer -> torch.optim.lr_scheduler`` stepped after
+    every epoch (``ReduceLROnPlateau`` is given the epoch's loss).
 
     Each epoch records ``loss`` (the training objective per datapoint, averaged over the
     epoch), and, on up to ``monitor_size`` fixed training points (and validation points),
     the beta-free ``elbo``, ``recon`` = E_q log p(x|z) and ``kl`` per datapoint, plus
-    ``beta`` and ``seconds``. A NaN or infinite loss raises :class:`NonFiniteLossError`.
-    ``max_seconds`` is a wall-clock training budget: the fit stops after the first step that
-    exceeds it (the last, partial epoch is recorded with ``partial_epoch=True``). Each
-    callback receives every epoch record.
+    ``beta``, ``lr``, ``skipped_steps`` and ``seconds``. ``max_seconds`` is a wall-clock
+    budget (over all resumes): the fit stops after the first step that exceeds it (the last,
+    partial epoch is recorded with ``partial_epoch=True``). Each callback receives every
+    epoch record.
+
+    Non-finite values: a NaN or infinite loss or gradient raises
+    :class:`NonFiniteLossError` naming the epoch, the step and, where it can be found, the
+    sample site whose log-probability went non-finite (or the parameters). With
+    ``nonfinite='skip'`` such steps are skipped (no update) up to ``max_skipped_steps`` in
+    all; ``FitResult.skipped_steps`` and each record's ``skipped_steps`` count them.
+
+    Checkpoints and resume: ``checkpoint(state)`` is called every ``checkpoint_every``
+    epochs and at the end with the complete training state (a dict of tensors and plain
+    values, see the module docstring); a state whose weights or optimizer buffers are not
+    finite is never handed over. ``resume=state`` continues from such a state; a fit
+    interrupted and resumed ends bit-identical (CPU) to the same fit run in one go. Pass the
+    same arguments as the interrupted run (``epochs`` may grow). Schedule state: besides the
+    beta warm-up and ``lr_schedule``, every object in ``schedules`` (name -> object), the
+    estimator and each callback that has ``state_dict()`` and ``load_state_dict()`` is saved
+    and restored with the fit; a model keeps its own schedule state (e.g. a temperature) in
+    buffers, which its ``state_dict`` holds.
     """
     device = resolve_device(device)
     source = as_source(data)
@@ -146,9 +661,14 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         check(first_tensor(source), what="training data")
     batch_size = min(128, n) if batch_size is None else batch_size
     _check_fit_arguments(epochs, batch_size, lr, n, beta, beta_warmup_epochs, clip_norm,
-                         max_seconds)
+                         max_seconds, checkpoint_every, nonfinite, max_skipped_steps)
     spec = str(parse_estimator(estimator)) if isinstance(estimator, str) else type(
         estimator).__name__
+    schedules = dict(schedules or {})
+    for name, obj in schedules.items():
+        if not _stateful(obj):
+            raise TypeError(f"schedules[{name!r}] must have state_dict() and "
+                            f"load_state_dict(); got {type(obj).__name__}")
     if validation_data is not None:
         validation_data = as_source(validation_data)
         if callable(check):
@@ -160,7 +680,6 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     source = source.to(device)
     order = torch.Generator().manual_seed(0 if seed is None else seed)
     monitor_index = torch.randperm(n, generator=order)[:monitor_size].to(device)
-    monitor = source.get(monitor_index)
     validation = (None if validation_data is None else validation_data.get(
         torch.arange(min(monitor_size, len(validation_data)), device=device)))
 
@@ -168,60 +687,79 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     elbo = make_estimator(estimator, vectorize_particles=vectorize_particles,
                           max_plate_nesting=nesting)
     opt = make_optimizer(optimizer, model.parameters(), lr)
+    lr_scheduler = lr_schedule(opt) if lr_schedule is not None else None
+    if _stateful(elbo):
+        schedules.setdefault("estimator", elbo)
+    for index, callback in enumerate(callbacks):
+        if _stateful(callback):
+            schedules.setdefault(f"callback_{index}", callback)
     scaled = accepts_num_data(model)
-    step_kwargs = {"num_data": n} if scaled else {}
-    steps_per_epoch = math.ceil(n / batch_size)
-    warmup_steps = int(round(beta_warmup_epochs * steps_per_epoch))
     settings = {"estimator": spec, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "optimizer": optimizer if isinstance(optimizer, str) else getattr(
+                    optimizer, "__name__", type(optimizer).__name__),
+                "lr_schedule": None if lr_scheduler is None else type(lr_scheduler).__name__,
                 "seed": seed, "device": str(device), "beta": beta,
                 "beta_warmup_epochs": beta_warmup_epochs, "clip_norm": clip_norm,
-                "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds}
-    result = FitResult(settings=settings)
-    step = 0
-    started = time.perf_counter()
-    bar = tqdm(range(1, epochs + 1), disable=quiet, desc=f"fit {spec}", unit="epoch")
+                "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds,
+                "monitor_size": monitor_size, "vectorize_particles": vectorize_particles,
+                "nonfinite": nonfinite, "max_skipped_steps": max_skipped_steps}
+    run = _Fit(model, source, elbo=elbo, optimizer=opt, lr_scheduler=lr_scheduler,
+               schedules=schedules, settings=settings, monitor_index=monitor_index,
+               order=order, nesting=nesting, batch_size=batch_size, beta=beta,
+               warmup_steps=int(round(beta_warmup_epochs * math.ceil(n / batch_size))),
+               clip_norm=clip_norm, scaled=scaled,
+               nonfinite=nonfinite, max_skipped_steps=max_skipped_steps, device=device)
+    if resume is not None:
+        run.check_compatible(resume)
+        if resume["epoch"] > epochs:
+            raise ResumeError(f"the checkpoint has already completed {resume['epoch']} epochs "
+                              f"but epochs={epochs}; pass epochs >= {resume['epoch']}.")
+        run.load_state_dict(resume)
+        run.restore_random_states(resume)
+    elif checkpoint is not None:
+        run.state_dict()   # fail now, not after an epoch, if some state cannot be stored
+    result = FitResult(settings=settings, resumed_from_epoch=None if resume is None
+                       else resume["epoch"])
+
+    started = time.perf_counter() - run.seconds
+
+    def out_of_time() -> bool:
+        return max_seconds is not None and time.perf_counter() - started > max_seconds
+
+    first = run.epoch + 1
+    bar = tqdm(range(first, epochs + 1), disable=quiet, desc=f"fit {spec}", unit="epoch",
+               initial=first - 1, total=epochs)
     for epoch in bar:
         epoch_start = time.perf_counter()
-        model.train()
-        permutation = torch.randperm(n, generator=order).to(device)
-        total, current_beta, seen, out_of_time = 0.0, beta, 0, False
-        for batch_number, start in enumerate(range(0, n, batch_size), 1):
-            batch = source.get(permutation[start:start + batch_size])
-            current_beta = beta_schedule(beta, warmup_steps, step)
-            opt.zero_grad(set_to_none=True)
-            with scale_latent_sites(current_beta):
-                loss = elbo.loss_and_grads(model.model, model.guide, *batch, **step_kwargs)
-            if not math.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"the loss became {loss} at epoch {epoch}, step {batch_number} "
-                    f"(global step {step + 1}); lower the learning rate, set clip_norm, or "
-                    "check the data and the likelihood's parameters.")
-            if clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
-            opt.step()
-            # a scaled batch loss estimates the full-data sum: weight it by its share B/N
-            total += loss * (len(batch[0]) / n if scaled else 1.0)
-            seen += len(batch[0])
-            step += 1
-            if max_seconds is not None and time.perf_counter() - started > max_seconds:
-                out_of_time = True
-                break
-        record = {"epoch": epoch, "step": step, "loss": total / seen, "beta": current_beta}
-        if out_of_time and seen < n:
-            record["partial_epoch"] = True
-        model.eval()
-        record.update(_monitor_terms(model, monitor, nesting, prefix=""))
-        if validation is not None:
-            record.update(_monitor_terms(model, validation, nesting, prefix="val_"))
-        record["seconds"] = time.perf_counter() - epoch_start
-        result.history.append(record)
+        ran_out_of_time = run.run_epoch(epoch, out_of_time)
+        record = run.finish_epoch(epoch, validation, epoch_start)
         bar.set_postfix(loss=f"{record['loss']:.2f}", elbo=f"{record['elbo']:.2f}")
         for callback in callbacks:
             callback(record)
-        if out_of_time:
+        stopping = ran_out_of_time or epoch == epochs
+        run.seconds = time.perf_counter() - started
+        if checkpoint is not None and (stopping or epoch % checkpoint_every == 0):
+            _hand_over(run, checkpoint, epoch)
+        if stopping:
             break
+    result.history = run.history
+    result.skipped_steps = run.skipped_steps
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _hand_over(run: _Fit, checkpoint: Callable[[dict], None], epoch: int) -> None:
+    """Give the checkpoint hook the current state, unless it holds non-finite values."""
+    state = run.state_dict()
+    bad = non_finite_entries({"model": state["model"], "optimizer": state["optimizer"]})
+    if bad:
+        raise NonFiniteLossError(
+            f"after epoch {epoch} the training state holds non-finite values ({bad[:5]}); "
+            "this state was not checkpointed, the last good checkpoint stands. Lower the "
+            "learning rate or set clip_norm.", epoch=epoch,
+            parameters=[name.removeprefix("model.") for name in bad
+                        if name.startswith("model.")])
+    checkpoint(state)
 
 
 def _monitor_terms(model, batch: tuple, nesting: int, prefix: str) -> dict:

@@ -3,11 +3,14 @@
 Each table maps a name to a constructor taking keyword arguments ``x_dim``, ``z_dim`` (and,
 for guides, ``encoder``) plus the component's own options. :func:`register` adds a name,
 which then works everywhere a name is accepted (the VAE, the CLI, saved configurations).
+Options a constructor does not name are an error (a misspelt option is never ignored); a
+registered constructor that takes ``**kwargs`` receives any option unchecked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Mapping
 
 from torch import nn
 
@@ -47,6 +50,8 @@ GUIDES: dict[str, Callable[..., guides.Guide]] = {
 }
 
 _TABLES = {"prior": PRIORS, "likelihood": LIKELIHOODS, "guide": GUIDES}
+#: the built-in constructors take ``**kw`` only to absorb unused context (x_dim, z_dim)
+_BUILT_IN = {(kind, name) for kind, table in _TABLES.items() for name in table}
 
 
 def register(kind: str, name: str, constructor: Callable[..., nn.Module]) -> None:
@@ -56,11 +61,36 @@ def register(kind: str, name: str, constructor: Callable[..., nn.Module]) -> Non
     _TABLES[kind][name] = constructor
 
 
-def build(kind: str, spec, **kwargs) -> nn.Module:
-    """Return ``spec`` itself when it is a module, else construct the registered name."""
+def option_names(kind: str, name: str, context: Mapping) -> set[str] | None:
+    """The options the constructor of ``name`` accepts besides the ``context`` keywords, or
+    None when it takes ``**kwargs`` (a user's constructor; anything goes)."""
+    parameters = inspect.signature(_TABLES[kind][name]).parameters.values()
+    if (kind, name) not in _BUILT_IN and any(p.kind == p.VAR_KEYWORD for p in parameters):
+        return None
+    return {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.name not in context}
+
+
+def build(kind: str, spec, options: Mapping | None = None, **context) -> nn.Module:
+    """Return ``spec`` itself when it is a module, else construct the registered name with
+    the ``context`` keywords (x_dim, z_dim, encoder) and the user's ``options``."""
+    options = dict(options or {})
     if isinstance(spec, nn.Module):
+        if options:
+            raise ValueError(f"{kind}_options {sorted(options)} apply to a {kind} given by "
+                             f"name, but the {kind} is a {type(spec).__name__} instance; "
+                             "configure the instance itself and drop the options.")
         return spec
     table = _TABLES[kind]
     if spec not in table:
         raise unknown_name_error(kind, spec, table)
-    return table[spec](**kwargs)
+    accepted = option_names(kind, spec, context)
+    if accepted is not None:
+        if options and not accepted:
+            raise ValueError(f"{kind} {spec!r} takes no options; got {kind}_options "
+                             f"{sorted(options)}. Drop them.")
+        for name in options:
+            if name not in accepted:
+                raise unknown_name_error("option", name, accepted, where=f" for {kind} "
+                                         f"{spec!r} ({kind}_options)")
+    return table[spec](**context, **options)

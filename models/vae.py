@@ -84,7 +84,8 @@ class VAE(PyroModule):
         if network not in NETWORKS:
             raise unknown_name_error("network", network, NETWORKS)
         if not beta >= 0:
-            raise ValueError(f"beta must be >= 0; got beta={beta}")
+            raise ValueError(f"beta (the KL weight) must be >= 0; got beta={beta}. Use beta=1 "
+                             "for the ELBO, or 0 <= beta < 1 to weaken the KL term.")
         self.beta = float(beta)
         hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
         custom_nets = encoder is not None or decoder is not None
@@ -101,12 +102,11 @@ class VAE(PyroModule):
             encoder = encoder or MLPEncoder(x_dim, hidden, activation)
             decoder = decoder or MLPDecoder(z_dim, x_dim, hidden, activation)
         self.decoder = decoder
-        self.guide_family = registry.build("guide", guide, encoder=encoder, z_dim=z_dim,
-                                           **(guide_options or {}))
-        self.prior = registry.build("prior", prior, z_dim=z_dim, x_dim=x_dim,
-                                    **(prior_options or {}))
-        self.likelihood = registry.build("likelihood", likelihood, x_dim=x_dim,
-                                         **(likelihood_options or {}))
+        self.guide_family = registry.build("guide", guide, guide_options, encoder=encoder,
+                                           z_dim=z_dim)
+        self.prior = registry.build("prior", prior, prior_options, z_dim=z_dim, x_dim=x_dim)
+        self.likelihood = registry.build("likelihood", likelihood, likelihood_options,
+                                         x_dim=x_dim)
         if hasattr(self.prior, "attach_guide"):
             self.prior.attach_guide(self.guide_family)
         named = all(isinstance(c, str) for c in (prior, likelihood, guide))

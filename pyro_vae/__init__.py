@@ -10,15 +10,16 @@ The public API in one place::
 """
 
 from pyro_vae import inference, models
+from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.inference import (
     EvaluationResult,
     FitResult,
     NonFiniteLossError,
+    ResumeError,
     active_units,
     elbo_terms,
     evaluate,
-    fit,
     kl_per_dimension,
     log_likelihood,
     make_estimator,
@@ -33,5 +34,6 @@ __all__ = [
     "models", "inference", "Dataset", "load_dataset", "VAE", "PRIORS", "LIKELIHOODS", "GUIDES",
     "DataSupportError", "fit", "evaluate", "log_likelihood", "elbo_terms", "active_units",
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
-    "NonFiniteLossError", "save_model", "load_model", "CheckpointError",
+    "NonFiniteLossError", "ResumeError", "save_model", "load_model", "CheckpointError",
+    "save_checkpoint", "load_checkpoint",
 ]

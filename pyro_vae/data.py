@@ -7,6 +7,7 @@ likelihood).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -36,6 +37,19 @@ class Dataset:
         return int(self.train.shape[1])
 
 
+def check_split_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Raise ValueError unless both fractions lie in [0, 1) and leave training data."""
+    for name, value in (("validation_fraction", validation_fraction),
+                        ("test_fraction", test_fraction)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be a number in [0, 1); got {value!r}. Pass e.g. "
+                             f"{name}=0.1.")
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(f"validation_fraction + test_fraction = "
+                         f"{validation_fraction + test_fraction:g} leaves no training data; "
+                         "expected a sum below 1 (e.g. 0.1 and 0.2).")
+
+
 def _split(n: int, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
     order = np.random.default_rng(seed).permutation(n)
     n_val, n_test = (int(round(f * n)) for f in fractions)
@@ -48,6 +62,7 @@ def load_digits(binarize: bool = False, seed: int = 0, validation_fraction: floa
     ``binarize`` thresholds at 0.5. Split train/validation/test by a seeded permutation."""
     from sklearn.datasets import load_digits as sklearn_digits
 
+    check_split_fractions(validation_fraction, test_fraction)
     bunch = sklearn_digits()
     x = bunch.data.astype(np.float32) / 16.0
     if binarize:
@@ -68,4 +83,10 @@ def load_dataset(name: str = "digits", **options) -> Dataset:
     """Load a dataset by name (see ``LOADERS``) with loader-specific options."""
     if name not in LOADERS:
         raise unknown_name_error("dataset", name, LOADERS)
+    parameters = inspect.signature(LOADERS[name]).parameters
+    if not any(p.kind == p.VAR_KEYWORD for p in parameters.values()):
+        for option in options:
+            if option not in parameters:
+                raise unknown_name_error("option", option, parameters,
+                                         where=f" for dataset {name!r}")
     return LOADERS[name](**options)

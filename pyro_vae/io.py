@@ -2,22 +2,29 @@
 
 A saved file is a plain dict of tensors and JSON-like values, so it loads with
 ``torch.load(path, weights_only=True)``. Files are written atomically (temporary file,
-flush, fsync, rename): an interrupted save never leaves a half-written file in place.
+flush, fsync, rename): an interrupted save never leaves a half-written file in place. Each
+file carries a SHA-256 digest of its contents (``"sha256"``), checked on loading: torch
+itself loads a file whose tensor bytes were damaged without complaint.
+:func:`load_model` also rebuilds the model of a training checkpoint
+(:mod:`pyro_vae.checkpoints`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
 
+from pyro_vae.inference.training import STATE_FORMAT, resolve_device
 from pyro_vae.models import VAE
 
 FORMAT = "pyro-vae-model"
 FORMAT_VERSION = 1
+DIGEST_KEY = "sha256"
 
 #: model class name (``config["class"]``) -> builder taking the config's other keys
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"VAE": VAE}
@@ -27,11 +34,49 @@ class CheckpointError(ValueError):
     """A file that is not a loadable pyro-vae model (truncated, corrupted or foreign)."""
 
 
+def content_digest(obj) -> str:
+    """SHA-256 over a canonical walk of dicts, lists, tensors (dtype, shape, bytes) and
+    plain values: equal for a saved object and the object loaded back."""
+    digest = hashlib.sha256()
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"T{tensor.dtype}{tuple(value.shape)}:".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, Mapping):
+            digest.update(b"{")
+            for key, item in sorted(value.items(), key=lambda pair: repr(pair[0])):
+                digest.update(repr(key).encode() + b":")
+                visit(item)
+            digest.update(b"}")
+        elif isinstance(value, (list, tuple)):
+            digest.update(b"[" if isinstance(value, list) else b"(")
+            for item in value:
+                visit(item)
+            digest.update(b"]")
+        else:
+            digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
+def with_digest(payload: Mapping) -> dict:
+    """``payload`` plus its :func:`content_digest` under ``"sha256"``."""
+    payload = {key: value for key, value in payload.items() if key != DIGEST_KEY}
+    return {**payload, DIGEST_KEY: content_digest(payload)}
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save(obj, handle)
@@ -42,7 +87,51 @@ def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_directory(path.parent)
     return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Temporary files that writers of ``path`` killed mid-write left behind."""
+    path = Path(path)
+    return sorted(path.parent.glob(f"{_temporary_prefix(path)}*.tmp"))
+
+
+def load_weights_only(path: str | os.PathLike, what: str, how_made: str):
+    """``torch.load(path, weights_only=True)`` on the CPU, with clear errors for a missing,
+    truncated or corrupted file (``what``: "saved model"; ``how_made``: what writes it)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} at {str(path)!r}; expected a file written by "
+                                f"{how_made}.")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for truncated/corrupt files
+        first_line = (str(error).splitlines() or [""])[0][:120]
+        raise CheckpointError(f"{str(path)!r} is not a readable {what} ({type(error).__name__}"
+                              f": {first_line}); it may be truncated or corrupted. Use another "
+                              f"file, or write it again with {how_made}.") from None
+    if isinstance(payload, dict) and DIGEST_KEY in payload:
+        stored = payload.pop(DIGEST_KEY)
+        if content_digest(payload) != stored:
+            raise CheckpointError(f"{str(path)!r} is corrupted: its contents do not match the "
+                                  f"SHA-256 digest stored when it was written. Use another "
+                                  f"file, or write it again with {how_made}.")
+    return payload
 
 
 def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None
@@ -55,26 +144,27 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | No
             "component instances or networks), so save_model cannot rebuild it later. Save "
             "its weights with torch.save(model.state_dict(), path) and rebuild it yourself.")
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save({"format": FORMAT, "version": FORMAT_VERSION, "config": config,
-                              "state_dict": state, "extra": extra or {}}, path)
+    return atomic_torch_save(with_digest({"format": FORMAT, "version": FORMAT_VERSION,
+                                          "config": config, "state_dict": state,
+                                          "extra": extra or {}}), path)
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a saved model file (``weights_only=True``), checking its format."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no saved model at {str(path)!r}; expected a file written "
-                                "by save_model (e.g. RUN/model.pt)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for truncated/corrupt files
-        raise CheckpointError(f"{str(path)!r} is not a readable model file ({type(error).__name__}"
-                              f": {str(error).splitlines()[0][:120]}); it may be truncated or "
-                              "corrupted. Re-save the model or use another checkpoint.") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a pyro-vae model file (format "
-                              f"{payload.get('format') if isinstance(payload, dict) else None!r}"
-                              f", expected {FORMAT!r}).")
+    """Load a saved model file (``weights_only=True``), checking its format. A training
+    checkpoint is read as the model it holds (its configuration and weights)."""
+    payload = load_weights_only(path, "saved model",
+                                "save_model (e.g. RUN/model.pt) or fit(checkpoint_dir=RUN)")
+    found = payload.get("format") if isinstance(payload, dict) else None
+    if found == STATE_FORMAT:
+        if not payload.get("model_config"):
+            raise CheckpointError(f"the training checkpoint {str(path)!r} holds a model without "
+                                  "a reconstructable configuration; rebuild the model yourself "
+                                  "and resume with fit(model, data, resume=...).")
+        return {"format": FORMAT, "version": FORMAT_VERSION, "config": payload["model_config"],
+                "state_dict": payload["model"], "extra": {"epoch": payload.get("epoch")}}
+    if found != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a pyro-vae model file (format {found!r}, "
+                              f"expected {FORMAT!r}); pass a file written by save_model.")
     return payload
 
 
@@ -89,7 +179,9 @@ def build_model(config: dict) -> torch.nn.Module:
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Rebuild a model saved by :func:`save_model` and load its weights."""
+    """Rebuild a model saved by :func:`save_model` (or held in a training checkpoint) and
+    load its weights."""
+    device = resolve_device(device)
     payload = read_checkpoint(path)
     model = build_model(payload["config"])
     try:

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import pyro_vae as pv
+from pyro_vae.io import with_digest
 
 
 @pytest.mark.parametrize("prior,guide", [("vamp", "flow"), ("mixture", "full_rank")])
@@ -50,6 +51,9 @@ def test_weights_from_another_configuration(tmp_path):
     path = pv.save_model(pv.VAE(4, 2, hidden=(4,)), tmp_path / "m.pt")
     payload = torch.load(path, weights_only=True)
     payload["config"]["z_dim"] = 3
-    torch.save(payload, tmp_path / "other.pt")
+    torch.save(with_digest(payload), tmp_path / "other.pt")   # a consistent file, other config
     with pytest.raises(pv.CheckpointError, match="do not fit the model"):
         pv.load_model(tmp_path / "other.pt")
+    torch.save(payload, tmp_path / "edited.pt")   # edited after saving: the digest catches it
+    with pytest.raises(pv.CheckpointError, match="corrupted: its contents do not match"):
+        pv.load_model(tmp_path / "edited.pt")
