@@ -1,9 +1,22 @@
-"""How models are fitted and judged: estimators, training, evaluation.
+"""How models are fitted and judged: estimators, training, evaluation, comparison, diagnostics.
 
 Works with any object that has Pyro ``model(*batch)`` / ``guide(*batch)`` methods and torch
 parameters, not only :class:`pyro_vae.models.VAE`. Nothing here knows about the CLI or files.
 """
 
+from pyro_vae.inference.comparison import ComparisonResult, PeakMemory, RunResult, compare
+from pyro_vae.inference.diagnostics import (
+    GradientSNRResult,
+    GradientStats,
+    ImportanceDraws,
+    KHatResult,
+    gradient_snr,
+    importance_draws,
+    importance_log_weights,
+    khat_from_log_weights,
+    parameter_groups,
+    psis_khat,
+)
 from pyro_vae.inference.estimators import (
     ESTIMATORS,
     EstimatorSpec,
@@ -38,4 +51,8 @@ __all__ = [
     "EvaluationResult", "NotPerDatapointError", "active_units", "elbo_terms", "evaluate",
     "kl_per_dimension", "log_density_terms", "log_likelihood", "posterior_means",
     "FitResult", "NonFiniteLossError", "fit", "resolve_device", "scale_latent_sites",
+    "compare", "ComparisonResult", "RunResult", "PeakMemory",
+    "gradient_snr", "GradientSNRResult", "GradientStats", "parameter_groups",
+    "psis_khat", "KHatResult", "khat_from_log_weights", "importance_log_weights",
+    "importance_draws", "ImportanceDraws",
 ]

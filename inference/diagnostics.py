@@ -140,11 +140,21 @@ class GradientSNRResult:
         return [s.row() for s in self.stats]
 
     def get(self, estimator: str, group: str) -> GradientStats:
+        """The statistics of ``estimator`` (as labelled, or an equivalent spec) on ``group``."""
         for s in self.stats:
-            if s.estimator == estimator and s.group == group:
+            if s.group == group and _same_estimator(s.estimator, estimator):
                 return s
         raise KeyError(f"no statistics for estimator {estimator!r}, group {group!r}; have "
                        f"{[(s.estimator, s.group) for s in self.stats]}")
+
+
+def _same_estimator(label: str, wanted: str) -> bool:
+    if label == wanted:
+        return True
+    try:
+        return parse_estimator(label) == parse_estimator(wanted)
+    except ValueError:
+        return False
 
 
 def _summarise(estimator: str, group: str, moments: _RunningMoments) -> GradientStats:
@@ -194,8 +204,10 @@ def gradient_snr(model, batch, estimators: Sequence = ("iwae:k=1", "iwae:k=5", "
     if isinstance(estimators, str) or not estimators:
         raise ValueError("estimators must be a non-empty list of specs such as "
                          f"['iwae:k=1', 'iwae:k=50']; got {estimators!r}")
-    named = [(e if hasattr(e, "loss_and_grads") else str(parse_estimator(e)))
-             for e in estimators]
+    for e in estimators:   # check every spec before drawing anything
+        if not hasattr(e, "loss_and_grads"):
+            parse_estimator(e)
+    named = [e if hasattr(e, "loss_and_grads") else str(e).strip() for e in estimators]
     resolved = parameter_groups(model, groups)
     nesting = guess_max_plate_nesting(model, batch)
     saved_grads = {id(p): p.grad for p in model.parameters()}

@@ -9,9 +9,9 @@ group              variables (dims)
 ``posterior``      ``z`` (chain, draw, datapoint, z_dim): draws from the guide;
                    ``z_resampled``: the same number of draws resampled with probability
                    proportional to w (sampling-importance-resampling), closer to p(z | x)
-``sample_stats``   ``log_weight``, ``log_likelihood`` (log p(x|z)), ``log_prior``,
-                   ``log_guide`` (chain, draw, datapoint); per datapoint ``pareto_k``
-                   (PSIS k-hat) and ``importance_ess`` = (sum w)^2 / sum w^2
+``sample_stats``   ``log_weight``, ``log_p_x_given_z``, ``log_p_z``, ``log_q_z_given_x``
+                   (chain, draw, datapoint); per datapoint ``pareto_k`` (PSIS k-hat)
+                   and ``importance_ess`` = (sum w)^2 / sum w^2
 ``observed_data``  ``x`` (datapoint, feature), and further model inputs
 =================  ===================================================================
 
@@ -101,8 +101,8 @@ def to_inference_data(model, data, indices: Sequence[int] | None = None, *,
         generator = torch.Generator().manual_seed(0 if seed is None else seed)
         posterior[f"{site}_resampled"] = by_chain(draws.resample(total, generator)[site])
         dims[f"{site}_resampled"] = latent_dims
-    stats = {"log_weight": draws.log_weights, "log_likelihood": draws.log_likelihood,
-             "log_prior": draws.log_prior, "log_guide": draws.log_guide}
+    stats = {"log_weight": draws.log_weights, "log_p_x_given_z": draws.log_likelihood,
+             "log_p_z": draws.log_prior, "log_q_z_given_x": draws.log_guide}
     sample_stats = {name: by_chain(value) for name, value in stats.items()}
     dims.update({name: ["datapoint"] for name in stats})
 

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 from matplotlib.figure import Figure
 
-from pyro_vae.inference.compare import ComparisonResult
+from pyro_vae.inference.comparison import ComparisonResult
 from pyro_vae.inference.diagnostics import (
     GOOD_KHAT,
     RELIABLE_KHAT,

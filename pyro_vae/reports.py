@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pyro_vae.inference.compare import ComparisonResult, RunResult, compare, first_points
+from pyro_vae.inference.comparison import ComparisonResult, RunResult, compare, first_points
 from pyro_vae.inference.diagnostics import GradientSNRResult, KHatResult
 
 #: (metric, column header, format spec, as percent) for the comparison table
