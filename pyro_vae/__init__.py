@@ -10,22 +10,28 @@ The public API in one place::
 """
 
 from pyro_vae import inference, models
+from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.inference import (
+    ComparisonResult,
     EvaluationResult,
     FitResult,
     NonFiniteLossError,
     active_units,
+    compare,
     elbo_terms,
     evaluate,
     fit,
+    gradient_snr,
     kl_per_dimension,
     log_likelihood,
     make_estimator,
     posterior_means,
+    psis_khat,
 )
 from pyro_vae.io import CheckpointError, load_model, save_model
 from pyro_vae.models import GUIDES, LIKELIHOODS, PRIORS, VAE, DataSupportError
+from pyro_vae.reports import run_comparison, save_comparison
 
 __version__ = "0.1.0"
 
@@ -34,4 +40,6 @@ __all__ = [
     "DataSupportError", "fit", "evaluate", "log_likelihood", "elbo_terms", "active_units",
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
     "NonFiniteLossError", "save_model", "load_model", "CheckpointError",
+    "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
+    "psis_khat", "to_inference_data", "save_inference_data",
 ]

@@ -93,7 +93,7 @@ def gradient_snr_markdown(result: GradientSNRResult) -> str:
     """One row per (estimator, group): SNR mean and median over elements, mean per-element
     variance, and the number of elements left out because their gradient never varies."""
     header = ["estimator", "group", "SNR (mean over elements)", "SNR (median)",
-              "||E g|| / sqrt(tr Cov g)", "mean Var(g_j)", "elements (constant)"]
+              "norm(E g) / sqrt(tr Cov g)", "mean Var(g_j)", "elements (constant)"]
     rows = [[r["estimator"], r["group"], f"{r['snr_mean']:.3g}", f"{r['snr_median']:.3g}",
              f"{r['snr_vector']:.3g}", f"{r['variance_mean']:.3g}",
              f"{r['num_elements']} ({r['num_constant']})"] for r in result.rows()]
