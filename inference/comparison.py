@@ -266,14 +266,16 @@ def _check_seeds(seeds) -> list[int]:
     return seeds
 
 
-def first_points(data, n: int | None):
-    """The first ``n`` datapoints of ``data`` (all when ``n`` is None), drawn once: a fixed
-    sample for a source that binarizes afresh on every ``get``."""
+def first_points(data, n: int | None = None) -> TensorSource:
+    """The first ``n`` datapoints of ``data`` (all when ``n`` is None) as fixed tensors:
+    a source that draws afresh on every ``get`` (dynamic binarization) is drawn once, so
+    every estimator is judged on the very same data."""
     source = as_source(data)
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"the number of datapoints must be a positive integer or None; got {n!r}")
-    if n is None or n >= len(source):
+    if isinstance(source, TensorSource) and (n is None or n >= len(source)):
         return source
+    n = len(source) if n is None else min(n, len(source))
     return TensorSource(*source.get(torch.arange(n, device=getattr(source, "device", None))))
 
 
@@ -291,7 +293,8 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
             fit_options: Mapping | None = None, keep_models: bool = False, quiet: bool = True,
             on_run: Callable[[RunResult], None] | None = None) -> ComparisonResult:
     """Fit ``model`` with every estimator under the same budget, for every seed, and judge
-    each fit on ``test_data`` the same way.
+    each fit on ``test_data`` the same way (a source that draws afresh on every access,
+    such as dynamic binarization, is drawn once, so every run is judged on the same data).
 
     ``model`` is a factory ``seed -> model`` (any object fit accepts) or a dict of
     :class:`~pyro_vae.models.VAE` keyword arguments (``x_dim`` taken from the data when
@@ -316,8 +319,10 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
     if clash:
         raise ValueError(f"fit_options may not set {clash}: they are compare's own arguments")
     device = resolve_device(device)
-    train, test = as_source(train_data), as_source(test_data)
+    train = as_source(train_data)
     build = _builder(model, int(first_tensor(train).shape[1]))
+    pyro.set_rng_seed(eval_seed)      # a dynamic test source is drawn once, reproducibly
+    test = first_points(test_data)
     khat_data = first_points(test, khat_points) if khat_samples else None
 
     settings = {"estimators": specs, "seeds": seeds, "epochs": epochs,

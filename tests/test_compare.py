@@ -130,3 +130,41 @@ def test_compare_checks_everything_before_training(monkeypatch, binary_digits):
         compare(TINY, d.train, d.test, ["elbo"], epochs=1, fit_options={"seed": 3})
     with pytest.raises(ValueError, match="non-empty list"):
         compare(TINY, d.train, d.test, "elbo", epochs=1)
+
+
+class DynamicBinarized:
+    """A batch source drawing x ~ Bernoulli(grey) afresh on every get."""
+
+    def __init__(self, grey):
+        self.grey = grey
+
+    def __len__(self):
+        return len(self.grey)
+
+    def get(self, index):
+        return (torch.bernoulli(self.grey[index]),)
+
+    def to(self, device):
+        return DynamicBinarized(self.grey.to(device))
+
+    @property
+    def device(self):
+        return self.grey.device
+
+
+def test_a_dynamic_test_source_is_drawn_once_for_every_run(monkeypatch):
+    grey = pv.load_dataset("digits").train[:200]
+    judged = []
+    real_evaluate = compare_module.evaluate
+
+    def spying_evaluate(model, data, **kwargs):
+        judged.append(data.get(torch.arange(len(data)))[0].clone())
+        return real_evaluate(model, data, **kwargs)
+
+    monkeypatch.setattr(compare_module, "evaluate", spying_evaluate)
+    compare(TINY, DynamicBinarized(grey[:100]), DynamicBinarized(grey[100:]),
+            ["elbo", "iwae:k=2"], seeds=[0, 1], epochs=1,
+            **{**CHEAP, "khat_samples": None, "batch_size": 50})
+    assert len(judged) == 4
+    assert all(torch.equal(x, judged[0]) for x in judged[1:])
+    assert set(judged[0].unique().tolist()) == {0.0, 1.0}
