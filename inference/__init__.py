@@ -1,9 +1,22 @@
-"""How models are fitted and judged: estimators, training, evaluation.
+"""How models are fitted and judged: estimators, training, evaluation, comparison, diagnostics.
 
 Works with any object that has Pyro ``model(*batch)`` / ``guide(*batch)`` methods and torch
 parameters, not only :class:`pyro_vae.models.VAE`. Nothing here knows about the CLI or files.
 """
 
+from pyro_vae.inference.comparison import ComparisonResult, PeakMemory, RunResult, compare
+from pyro_vae.inference.diagnostics import (
+    GradientSNRResult,
+    GradientStats,
+    ImportanceDraws,
+    KHatResult,
+    gradient_snr,
+    importance_draws,
+    importance_log_weights,
+    khat_from_log_weights,
+    parameter_groups,
+    psis_khat,
+)
 from pyro_vae.inference.estimators import (
     ESTIMATORS,
     EstimatorSpec,
@@ -45,4 +58,8 @@ __all__ = [
     "FitResult", "NonFiniteLossError", "ResumeError", "capture_rng_state",
     "find_non_finite_site", "fit", "non_finite_entries", "resolve_device", "restore_rng_state",
     "scale_latent_sites",
+    "compare", "ComparisonResult", "RunResult", "PeakMemory",
+    "gradient_snr", "GradientSNRResult", "GradientStats", "parameter_groups",
+    "psis_khat", "KHatResult", "khat_from_log_weights", "importance_log_weights",
+    "importance_draws", "ImportanceDraws",
 ]

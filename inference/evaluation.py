@@ -64,6 +64,20 @@ def _per_datapoint(site, log_prob: torch.Tensor, nesting: int, batch: int) -> to
     return log_prob.reshape(log_prob.shape[0], log_prob.shape[total + dim]).expand(-1, batch)
 
 
+def _per_datapoint_value(site, nesting: int) -> torch.Tensor:
+    """A site's value with the particle dim first and the data dim second:
+    (K, B, *other plate dims of size > 1, *event_shape)."""
+    value = site["value"]
+    event_dim = len(site["fn"].event_shape)
+    total = nesting + 1
+    value = value.reshape((1,) * (total + event_dim - value.dim()) + tuple(value.shape))
+    data = total + _data_dim(site)
+    other = [d for d in range(1, total) if d != data and value.shape[d] > 1]
+    order = [0, data, *other, *range(total, value.dim())]
+    kept = value.permute(*order, *[d for d in range(total) if d not in order])
+    return kept.reshape(kept.shape[:len(order)])
+
+
 def guess_max_plate_nesting(model, batch) -> int:
     """The number of plate dims used by model and guide (data plate included)."""
     with poutine.block(), torch.no_grad():
@@ -82,6 +96,8 @@ class LogDensityTerms:
     log_likelihood: torch.Tensor  # sum over observed sites, log p(x | z)
     log_prior: torch.Tensor       # sum over latent sites proposed by the guide, log p(z)
     log_guide: torch.Tensor       # sum over guide sites, log q(z | x)
+    #: the guide's draws behind the weights, site name -> (K, B, *event_shape)
+    latents: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -118,10 +134,12 @@ def log_density_terms(model, batch: tuple, num_particles: int,
             add("log_likelihood", site)
         elif name in guide_trace.nodes:
             add("log_prior", site)
-    for site in guide_trace.nodes.values():
+    latents = {}
+    for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
             add("log_guide", site)
-    return LogDensityTerms(**terms)
+            latents[name] = _per_datapoint_value(site, nesting)
+    return LogDensityTerms(**terms, latents=latents)
 
 
 def _importance_chunk(model, batch, k: int, nesting: int | None) -> torch.Tensor:

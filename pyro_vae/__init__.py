@@ -10,23 +10,29 @@ The public API in one place::
 """
 
 from pyro_vae import inference, models
+from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
 from pyro_vae.data import Dataset, load_dataset
 from pyro_vae.inference import (
+    ComparisonResult,
     EvaluationResult,
     FitResult,
     NonFiniteLossError,
     ResumeError,
     active_units,
+    compare,
     elbo_terms,
     evaluate,
+    gradient_snr,
     kl_per_dimension,
     log_likelihood,
     make_estimator,
     posterior_means,
+    psis_khat,
 )
 from pyro_vae.io import CheckpointError, load_model, save_model
 from pyro_vae.models import GUIDES, LIKELIHOODS, PRIORS, VAE, DataSupportError
+from pyro_vae.reports import run_comparison, save_comparison
 
 __version__ = "0.1.0"
 
@@ -36,4 +42,6 @@ __all__ = [
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
     "NonFiniteLossError", "ResumeError", "save_model", "load_model", "CheckpointError",
     "save_checkpoint", "load_checkpoint",
+    "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
+    "psis_khat", "to_inference_data", "save_inference_data",
 ]
