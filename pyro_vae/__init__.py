@@ -10,7 +10,8 @@ The public API in one place::
 """
 
 from pyro_vae import inference, models
-from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.config import ConfigError, resolve_config
+from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
 from pyro_vae.inference import (
     EvaluationResult,
     FitResult,
@@ -26,6 +27,7 @@ from pyro_vae.inference import (
 )
 from pyro_vae.io import CheckpointError, load_model, save_model
 from pyro_vae.models import GUIDES, LIKELIHOODS, PRIORS, VAE, DataSupportError
+from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
 
 __version__ = "0.1.0"
 
@@ -34,4 +36,6 @@ __all__ = [
     "DataSupportError", "fit", "evaluate", "log_likelihood", "elbo_terms", "active_units",
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
     "NonFiniteLossError", "save_model", "load_model", "CheckpointError",
+    "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
+    "open_run", "load_data", "build_model",
 ]
