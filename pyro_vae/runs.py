@@ -17,6 +17,7 @@ configuration into a dataset and a model for notebooks and other commands.
 from __future__ import annotations
 
 import csv
+import inspect
 import io
 import json
 import math
@@ -90,6 +91,24 @@ def resolve_likelihood(config: Mapping, dataset: Dataset) -> str:
         "likelihood"]
 
 
+_STANDARD_ARGUMENTS = {"x_dim", "z_dim", "encoder"}
+
+
+def check_component_options(kind: str, name: str, options: Mapping) -> None:
+    """Unknown options of a built-in component are an error (its constructor would swallow
+    them in ``**kw``); options of a component you registered are passed on unchecked."""
+    from pyro_vae.models import registry
+    constructor = registry._TABLES[kind].get(name)
+    if constructor is None or getattr(constructor, "__module__", None) != registry.__name__:
+        return
+    accepted = [p.name for p in inspect.signature(constructor).parameters.values()
+                if p.kind is not p.VAR_KEYWORD and p.name not in _STANDARD_ARGUMENTS]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"takes {accepted}" if accepted else "takes no options"
+        raise ConfigError(f"bad component option: {kind} {name!r} {takes}; got {unknown}")
+
+
 def build_vae(config: Mapping, dataset: Dataset) -> VAE:
     """A :class:`~pyro_vae.VAE` from a configuration and the dataset it will be fitted to.
     The KL weight ``beta`` is applied by training (``fit(beta=...)``), not by the model."""
@@ -97,16 +116,16 @@ def build_vae(config: Mapping, dataset: Dataset) -> VAE:
     if config["network"] == "conv" and dataset.kind != "image":
         raise ConfigError(f"network 'conv' needs image data; {dataset.name!r} is "
                           f"{dataset.kind}. Use network = 'mlp'.")
-    try:
-        return VAE(dataset.x_dim, config["z_dim"], prior=config["prior"],
-                   likelihood=resolve_likelihood(config, dataset), guide=config["guide"],
-                   network=config["network"], hidden=config["hidden"],
-                   activation=config["activation"], image_shape=image_shape,
-                   prior_options=config["prior_options"],
-                   likelihood_options=config["likelihood_options"],
-                   guide_options=config["guide_options"])
-    except TypeError as error:   # an unknown keyword in *_options
-        raise ConfigError(f"bad component option: {error}") from None
+    for kind in ("prior", "likelihood", "guide"):
+        check_component_options(kind, config[kind] if kind != "likelihood" else
+                                resolve_likelihood(config, dataset), config[f"{kind}_options"])
+    return VAE(dataset.x_dim, config["z_dim"], prior=config["prior"],
+               likelihood=resolve_likelihood(config, dataset), guide=config["guide"],
+               network=config["network"], hidden=config["hidden"],
+               activation=config["activation"], image_shape=image_shape,
+               prior_options=config["prior_options"],
+               likelihood_options=config["likelihood_options"],
+               guide_options=config["guide_options"])
 
 
 #: config["model"] -> builder(config, dataset); other model families register here
