@@ -44,6 +44,7 @@ class Option:
     choices: Callable[[], Iterable[str]] | None = None
     check: Callable[[object], str | None] | None = None
     group: str = "options"
+    metavar: str | None = None
 
     @property
     def flag(self) -> str:
@@ -54,13 +55,13 @@ OPTIONS: dict[str, Option] = {}
 
 
 def add_option(name: str, default, help: str, *, kind: str | None = None, choices=None,
-               check=None, group: str = "options") -> Option:
+               check=None, group: str = "options", metavar: str | None = None) -> Option:
     """Register a configuration option (and so a ``pyro-vae train`` flag)."""
     kind = kind or {bool: "bool", int: "int", float: "float", str: "str", dict: "table",
                     list: "int_list"}[type(default)]
     if kind not in KINDS:
         raise ValueError(f"unknown option kind {kind!r}; expected one of {KINDS}")
-    OPTIONS[name] = Option(name, default, help, kind, choices, check, group)
+    OPTIONS[name] = Option(name, default, help, kind, choices, check, group, metavar)
     return OPTIONS[name]
 
 
@@ -166,10 +167,10 @@ def _check_hidden(value) -> str | None:
     return None
 
 
-add_option("dataset", "digits", "dataset name or a .npy/.npz/.csv path", check=_check_dataset,
-           group="data")
-add_option("data_dir", "", "directory holding local data files (mnist); default "
-           "$PYRO_VAE_DATA", group="data")
+add_option("dataset", "digits", "dataset name (digits, mnist, gw) or a .npy/.npz/.csv path",
+           check=_check_dataset, group="data", metavar="NAME|PATH")
+add_option("data_dir", "", "directory holding local data files (mnist); default: "
+           "$PYRO_VAE_DATA", group="data", metavar="DIR")
 add_option("binarize", "auto", "none, threshold, static or dynamic; auto: threshold for "
            "digits, dynamic for mnist, none otherwise", check=_check_binarize, group="data")
 add_option("data_seed", 0, "seed of the train/validation/test split and of fixed "
@@ -192,7 +193,7 @@ add_option("hidden", [256], "hidden layer widths, e.g. 512,256", kind="int_list"
 add_option("activation", "relu", "activation function", choices=_activation_names,
            group="model")
 add_option("estimator", "elbo", "gradient estimator: elbo, elbo:k=K, meanfield, iwae:k=K, "
-           "renyi:alpha=A,k=K", check=_check_estimator, group="training")
+           "renyi:alpha=A,k=K", check=_check_estimator, group="training", metavar="SPEC")
 add_option("epochs", 150, "passes over the training data", check=positive, group="training")
 add_option("batch_size", 64, "datapoints per step", check=positive, group="training")
 add_option("lr", 3e-3, "learning rate", check=_both(positive, _finite), group="training")
@@ -206,7 +207,7 @@ add_option("clip_norm", 0.0, "gradient-norm clipping (0: off)", check=non_negati
 add_option("max_seconds", 0.0, "wall-clock training budget in seconds (0: none)",
            check=non_negative, group="training")
 add_option("device", "auto", "cpu, cuda, cuda:N, or auto (cuda when available)",
-           check=_check_device, group="training")
+           check=_check_device, group="training", metavar="DEVICE")
 add_option("seed", 0, "seed of initialisation, batches and evaluation", group="training")
 add_option("eval_samples", 5000, "importance samples K per test point for log p(x)",
            check=positive, group="evaluation")

@@ -28,6 +28,14 @@ class CheckpointError(ValueError):
     """A file that is not a loadable pyro-vae model (truncated, corrupted or foreign)."""
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give (0o666 less the umask); mkstemp's
+    temporary files are 0o600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(handle)`` on a temporary file in path's folder, fsync, then rename it
     over ``path``: readers see the old file or the new one, never a half-written one."""
@@ -38,6 +46,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), _file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:

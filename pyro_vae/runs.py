@@ -408,7 +408,9 @@ def summary_table(run: Run) -> str:
              f"{info.get('likelihood', c['likelihood'])} guide={c['guide']} network="
              f"{c['network']} hidden={','.join(map(str, c['hidden']))}"]
     if training:
-        lines.append(f"training   {training.get('estimator')}, {training.get('epoch')} epochs, "
+        epochs = training.get("epoch")
+        lines.append(f"training   {training.get('estimator')}, {epochs} epoch"
+                     f"{'' if epochs == 1 else 's'}, "
                      f"batch {training.get('batch_size')}, lr {training.get('lr')}, beta "
                      f"{training.get('beta')}, {info.get('training_seconds', '?')} s on "
                      f"{info.get('device', '?')}")

@@ -154,3 +154,23 @@ def test_console_entry_point(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith("pyro-vae: error: run directory")
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
+def test_failed_training_is_recorded_and_reported(tmp_path, capsys, monkeypatch):
+    import pyro_vae.runs
+
+    def diverge(*args, callbacks=(), **kwargs):
+        callbacks[0]({"epoch": 1, "loss": 1e30, "elbo": -1e30, "recon": -1e30, "kl": 0.0})
+        raise pv.NonFiniteLossError("the loss became nan at epoch 2; lower the learning rate")
+
+    monkeypatch.setattr(pyro_vae.runs, "fit", diverge)
+    out = tmp_path / "run"
+    assert main(["train", *FAST, "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "pyro-vae: error: the loss became nan at epoch 2; lower the learning rate"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["status"] == "failed" and "NonFiniteLossError" in metrics["run"][
+        "error"]
+    assert len(pyro_vae.runs.read_history(out / "history.csv")) == 1
+    assert main(["evaluate", str(out)]) == 2
+    assert "has no model.pt (status: failed)" in capsys.readouterr().err

@@ -28,6 +28,11 @@ def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     parser.add_argument("--seed", type=int, default=None, help=seed_help)
 
 
+def add_split_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                        help="which split (default test)")
+
+
 def open_run_and_model(args: argparse.Namespace):
     """(run, model, dataset) for a subcommand's arguments."""
     from pyro_vae.config import ConfigError, check_option

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import argparse
 
-from pyro_vae.cli.common import add_run_arguments, open_run_and_model, positive_int
+from pyro_vae.cli.common import (
+    add_run_arguments,
+    add_split_argument,
+    open_run_and_model,
+    positive_int,
+)
 
 HELP = "importance-sampled log p(x), ELBO terms and active units of a run -> metrics.json"
 
@@ -15,8 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_run_arguments(parser, "seed of the importance samples (default: the run's seed)")
     parser.add_argument("--num-samples", "-k", type=positive_int, default=5000, metavar="K",
                         help="importance samples per datapoint (default 5000, Burda et al.)")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
-                        help="which split to evaluate (default test)")
+    add_split_argument(parser)
     return parser
 
 

@@ -11,7 +11,13 @@ import argparse
 
 import torch
 
-from pyro_vae.cli.common import add_run_arguments, open_run_and_model, positive_int, save_arrays
+from pyro_vae.cli.common import (
+    add_run_arguments,
+    add_split_argument,
+    open_run_and_model,
+    positive_int,
+    save_arrays,
+)
 
 HELP = "reconstruct N datapoints of a split (npz and figure) and report the error"
 
@@ -21,8 +27,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     add_run_arguments(parser, "seed choosing the datapoints (default 0)")
     parser.add_argument("-n", "--num", type=positive_int, default=20, metavar="N",
                         help="number of datapoints (default 20)")
-    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
-                        help="which split (default test)")
+    add_split_argument(parser)
     return parser
 
 

@@ -40,7 +40,7 @@ def _help(option: Option) -> str:
     text = option.help
     if option.choices is not None:
         text += f" ({', '.join(option.choices())})"
-    if option.kind != "table":
+    if option.kind != "table" and option.default != "":
         default = option.default
         if option.kind == "int_list":
             default = ",".join(map(str, default))
@@ -64,8 +64,8 @@ def add_option_flags(parser: argparse.ArgumentParser, options=None) -> None:
         else:
             kwargs["type"] = {"int": int, "float": float, "str": str,
                               "int_list": _int_list}[option.kind]
-            kwargs["metavar"] = {"int": "N", "float": "X", "str": "NAME",
-                                 "int_list": "N[,N...]"}[option.kind]
+            kwargs["metavar"] = option.metavar or {"int": "N", "float": "X", "str": "NAME",
+                                                   "int_list": "N[,N...]"}[option.kind]
         group.add_argument(_flag(option), **kwargs)
 
 
