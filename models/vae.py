@@ -164,6 +164,11 @@ class VAE(PyroModule):
         return self.prior.distribution(reference).sample((check_positive_int(n, "n"),))
 
     @torch.no_grad()
+    def sample_observations(self, z: torch.Tensor) -> torch.Tensor:
+        """One draw x ~ p(x | z) per code (not the mean), shape (..., x_dim)."""
+        return self.likelihood.distribution(self.decoder(z)).sample()
+
+    @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
         """E[x | z] for n prior draws z ~ p(z), shape (n, x_dim)."""
         return self.decode(self.sample_latent(n))

@@ -12,7 +12,8 @@ The public API in one place::
 from pyro_vae import inference, models
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
-from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.config import ConfigError, resolve_config
+from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
 from pyro_vae.inference import (
     ComparisonResult,
     EvaluationResult,
@@ -33,6 +34,7 @@ from pyro_vae.inference import (
 from pyro_vae.io import CheckpointError, load_model, save_model
 from pyro_vae.models import GUIDES, LIKELIHOODS, PRIORS, VAE, DataSupportError
 from pyro_vae.reports import run_comparison, save_comparison
+from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
 
 __version__ = "0.1.0"
 
@@ -44,4 +46,7 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
     "psis_khat", "to_inference_data", "save_inference_data",
+    "NonFiniteLossError", "save_model", "load_model", "CheckpointError",
+    "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
+    "open_run", "load_data", "build_model",
 ]

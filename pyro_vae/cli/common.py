@@ -1,0 +1,52 @@
+"""Arguments and helpers shared by the subcommands that read a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from pyro_vae.io import atomic_write
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """RUN, --device and --seed."""
+    parser.add_argument("run_dir", metavar="RUN", help="run directory written by pyro-vae "
+                        "train")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto; "
+                        "default 'cpu'")
+    parser.add_argument("--seed", type=int, default=None, help=seed_help)
+
+
+def add_split_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"],
+                        help="which split (default test)")
+
+
+def open_run_and_model(args: argparse.Namespace):
+    """(run, model, dataset) for a subcommand's arguments."""
+    from pyro_vae.config import ConfigError, check_option
+    from pyro_vae.runs import open_run
+    run = open_run(args.run_dir)
+    try:
+        check_option("device", args.device)
+    except ConfigError as error:
+        raise ConfigError(f"--device: {error}") from None
+    model = run.load_model(args.device)
+    model.eval()
+    return run, model, run.load_data()
+
+
+def save_arrays(path, **arrays) -> None:
+    """``np.savez`` to ``path`` atomically."""
+    atomic_write(path, lambda handle: np.savez(handle, **arrays))

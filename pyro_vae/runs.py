@@ -1,0 +1,426 @@
+"""Run directories: a resolved configuration, the model built from it, and what it produced.
+
+A run directory holds::
+
+    config.toml     the resolved configuration (every option; rerun with --config)
+    history.csv     one row per epoch: loss, elbo, recon, kl (train and val_*), beta, seconds
+    metrics.json    {"run": ..., "training": last epoch, "test": evaluation, ...}
+    model.pt        weights + model configuration (pyro_vae.load_model)
+    figures/        PNG figures (pyro_vae.plots.standard_figures)
+
+Every file is written atomically; an existing non-empty directory is never overwritten
+unless asked (``overwrite=True``, and then only a run directory). :func:`train_run` is the
+whole job behind ``pyro-vae train``; :func:`load_data` and :func:`build_model` turn a
+configuration into a dataset and a model for notebooks and other commands.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pyro
+import torch
+
+from pyro_vae.config import ConfigError, read_config_file, resolve_config, to_toml
+from pyro_vae.data import Dataset, is_array_path, load_dataset, loader_options
+from pyro_vae.inference import evaluate, fit, resolve_device
+from pyro_vae.inference.batching import as_source, first_tensor
+from pyro_vae.io import atomic_write_text, load_model, save_model
+from pyro_vae.models import VAE
+
+CONFIG_FILE, HISTORY_FILE, METRICS_FILE = "config.toml", "history.csv", "metrics.json"
+MODEL_FILE, FIGURES_DIR = "model.pt", "figures"
+#: files (globs) a run writes, removed when a run is overwritten
+RUN_ARTIFACTS = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, "samples-*.npz",
+                 "reconstructions-*.npz", f"{FIGURES_DIR}/*.png")
+
+#: dataset name -> binarisation used by ``binarize = "auto"``
+DEFAULT_BINARIZATION = {"digits": "threshold", "mnist": "dynamic"}
+
+
+class RunDirectoryError(ValueError):
+    """A run directory that cannot be written or read as asked."""
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# ---- from configuration to data and model ---------------------------------------------------
+
+def dataset_arguments(config: Mapping) -> tuple[str, dict]:
+    """The dataset name and the loader options a configuration asks for."""
+    name = config["dataset"]
+    options = dict(config["data_options"])
+    accepted = loader_options(name)
+    if "seed" in accepted:
+        options.setdefault("seed", config["data_seed"])
+    binarize = config["binarize"]
+    if binarize == "auto":
+        binarize = DEFAULT_BINARIZATION.get(name, "none")
+        if "binarize" in accepted:
+            options.setdefault("binarize", binarize)
+    elif "binarize" in accepted:
+        options["binarize"] = binarize
+    elif binarize != "none":
+        raise ConfigError(f"dataset {name!r} cannot be binarized (binarize={binarize!r}); use "
+                          "binarize = 'auto' or 'none'")
+    if config["data_dir"] and "data_dir" in accepted:
+        options["data_dir"] = config["data_dir"]
+    return name, options
+
+
+def load_data(config: Mapping) -> Dataset:
+    """The dataset of a configuration (name or path, binarisation, split seed, options)."""
+    name, options = dataset_arguments(config)
+    return load_dataset(name, **options)
+
+
+def resolve_likelihood(config: Mapping, dataset: Dataset) -> str:
+    """The configured likelihood, or the dataset's suggestion for ``"auto"``."""
+    return dataset.suggested_likelihood if config["likelihood"] == "auto" else config[
+        "likelihood"]
+
+
+def build_vae(config: Mapping, dataset: Dataset) -> VAE:
+    """A :class:`~pyro_vae.VAE` from a configuration and the dataset it will be fitted to.
+    The KL weight ``beta`` is applied by training (``fit(beta=...)``), not by the model."""
+    image_shape = dataset.feature_shape if config["network"] == "conv" else None
+    if config["network"] == "conv" and dataset.kind != "image":
+        raise ConfigError(f"network 'conv' needs image data; {dataset.name!r} is "
+                          f"{dataset.kind}. Use network = 'mlp'.")
+    try:
+        return VAE(dataset.x_dim, config["z_dim"], prior=config["prior"],
+                   likelihood=resolve_likelihood(config, dataset), guide=config["guide"],
+                   network=config["network"], hidden=config["hidden"],
+                   activation=config["activation"], image_shape=image_shape,
+                   prior_options=config["prior_options"],
+                   likelihood_options=config["likelihood_options"],
+                   guide_options=config["guide_options"])
+    except ValueError as error:  # the constructor's checks: bad names, sizes and options
+        raise ConfigError(str(error)) from None
+
+
+#: config["model"] -> builder(config, dataset); other model families register here
+MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {"vae": build_vae}
+
+
+def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]
+                           ) -> None:
+    """Make ``model = name`` a valid configuration (and ``--model name`` a valid flag)."""
+    MODEL_BUILDERS[name] = builder
+
+
+def build_model(config: Mapping, dataset: Dataset) -> torch.nn.Module:
+    """The (untrained) model a resolved configuration describes, sized for ``dataset``."""
+    return MODEL_BUILDERS[config["model"]](config, dataset)
+
+
+# ---- files ----------------------------------------------------------------------------------
+
+def write_config(path: str | Path, config: Mapping) -> Path:
+    header = (f"pyro-vae run configuration, resolved {now()}.\n"
+              "Rerun with: pyro-vae train --config THIS_FILE --out NEW_DIR")
+    return atomic_write_text(path, to_toml(config, header))
+
+
+def write_history(path: str | Path, records: list[dict]) -> Path:
+    """Epoch records as CSV, one column per key seen (in first-seen order)."""
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return atomic_write_text(path, buffer.getvalue())
+
+
+def _parse_cell(text: str):
+    if text == "":
+        return None
+    if text in ("True", "False"):
+        return text == "True"
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() \
+        else number
+
+
+def read_history(path: str | Path) -> list[dict]:
+    """The records written by :func:`write_history` (numbers parsed, empty cells None)."""
+    with open(path, newline="") as handle:
+        return [{k: _parse_cell(v) for k, v in row.items()} for row in csv.DictReader(handle)]
+
+
+def _json_ready(value):
+    """NaN/inf become None: metrics.json stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    return value
+
+
+def read_metrics(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise RunDirectoryError(f"{str(path)!r} is not valid JSON ({error}); restore it or "
+                                "delete it and run 'pyro-vae evaluate' again") from None
+
+
+def update_metrics(path: str | Path, updates: Mapping) -> dict:
+    """Merge ``updates`` into metrics.json (top-level keys replaced, others kept) atomically;
+    returns the merged metrics."""
+    metrics = read_metrics(path)
+    for key, value in updates.items():
+        if isinstance(value, Mapping) and isinstance(metrics.get(key), dict) and key == "run":
+            metrics[key] = {**metrics[key], **value}
+        else:
+            metrics[key] = value
+    atomic_write_text(path, json.dumps(_json_ready(metrics), indent=2) + "\n")
+    return metrics
+
+
+# ---- run directories ------------------------------------------------------------------------
+
+def default_run_dir(config: Mapping, root: str | Path = "runs") -> Path:
+    """``runs/<dataset>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if taken."""
+    stem = Path(config["dataset"]).stem if is_array_path(config["dataset"]) else config[
+        "dataset"]
+    base = Path(root) / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    path, number = base, 1
+    while path.exists():
+        number += 1
+        path = base.with_name(f"{base.name}-{number}")
+    return path
+
+
+def prepare_run_dir(path: str | Path, overwrite: bool = False) -> Path:
+    """Create ``path`` for a new run. A non-empty directory is an error unless
+    ``overwrite`` and it is a run directory; then the files of the old run are removed."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise RunDirectoryError(f"{str(path)!r} exists and is not a directory; choose another "
+                                "--out")
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite:
+            raise RunDirectoryError(
+                f"run directory {str(path)!r} already exists and is not empty; choose another "
+                "--out, or pass --overwrite to replace the run in it")
+        if not (path / CONFIG_FILE).is_file():
+            raise RunDirectoryError(
+                f"--overwrite replaces only a pyro-vae run directory (one holding "
+                f"{CONFIG_FILE}); {str(path)!r} is not one, so nothing was touched. Choose "
+                "another --out")
+        for pattern in RUN_ARTIFACTS:
+            for old in path.glob(pattern):
+                old.unlink()
+    (path / FIGURES_DIR).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Run:
+    """A run directory on disk: its path, resolved configuration and metrics."""
+
+    path: Path
+    config: dict
+    metrics: dict
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL_FILE
+
+    @property
+    def figures(self) -> list[Path]:
+        return sorted((self.path / FIGURES_DIR).glob("*.png"))
+
+    def history(self) -> list[dict]:
+        path = self.path / HISTORY_FILE
+        return read_history(path) if path.is_file() else []
+
+    def load_model(self, device="cpu") -> torch.nn.Module:
+        if not self.model_path.is_file():
+            raise RunDirectoryError(f"{str(self.path)!r} has no {MODEL_FILE} (status: "
+                                    f"{self.metrics.get('run', {}).get('status', 'unknown')}); "
+                                    "train it again with pyro-vae train")
+        return load_model(self.model_path, resolve_device(device))
+
+    def load_data(self) -> Dataset:
+        return load_data(self.config)
+
+    def update_metrics(self, updates: Mapping) -> dict:
+        self.metrics = update_metrics(self.path / METRICS_FILE, updates)
+        return self.metrics
+
+
+def open_run(path: str | Path) -> Run:
+    """Read a run directory written by :func:`train_run`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirectoryError(f"run directory {str(path)!r} does not exist; pass a directory "
+                                "written by pyro-vae train (its --out)")
+    if not (path / CONFIG_FILE).is_file():
+        raise RunDirectoryError(f"{str(path)!r} is not a pyro-vae run directory (no "
+                                f"{CONFIG_FILE}); pass a directory written by pyro-vae train")
+    config = resolve_config(read_config_file(path / CONFIG_FILE))
+    return Run(path, config, read_metrics(path / METRICS_FILE))
+
+
+# ---- the jobs -------------------------------------------------------------------------------
+
+def evaluate_split(model, dataset: Dataset, split: str = "test", num_samples: int = 5000,
+                   seed: int = 0, device="cpu") -> dict:
+    """:func:`~pyro_vae.evaluate` on one split, as a JSON-ready summary (records K, seed and
+    time). A dynamically binarised training split is evaluated on one fresh draw."""
+    data = dataset.split(split).to(resolve_device(device))
+    started = time.perf_counter()
+    summary = evaluate(model, data, num_samples, seed=seed).summary()
+    summary.update(split=split, seed=seed, seconds=round(time.perf_counter() - started, 3),
+                   evaluated_at=now())
+    return summary
+
+
+def write_figures(model, dataset: Dataset, history, directory: str | Path, seed: int = 0
+                  ) -> list[Path]:
+    """The standard figures of a model (see :func:`pyro_vae.plots.standard_figures`) as PNG."""
+    from pyro_vae.plots import save_figures, standard_figures
+    return save_figures(standard_figures(model, dataset, history, seed=seed), directory)
+
+
+def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
+              overwrite: bool = False, quiet: bool = False) -> Run:
+    """Fit the model a configuration describes and write a run directory (the job behind
+    ``pyro-vae train``). ``config`` may be partial; missing options take their defaults.
+
+    Everything that can be checked before training (options, data, likelihood support,
+    batch size, the directory) is checked before anything is written.
+    """
+    config = resolve_config(config)
+    device = resolve_device(config["device"])
+    dataset = load_data(config)
+    model = build_model(config, dataset)
+    check = getattr(model, "check_data", None)
+    if callable(check):
+        check(first_tensor(as_source(dataset.train)), what="training data")
+    n_train = len(dataset.train)
+    if config["batch_size"] > n_train:
+        raise ConfigError(f"batch_size {config['batch_size']} exceeds the {n_train} training "
+                          f"points of {dataset.name!r}; use batch_size <= {n_train}")
+    path = prepare_run_dir(out if out is not None else default_run_dir(config), overwrite)
+    write_config(path / CONFIG_FILE, config)
+    run = Run(path, dict(config), {})
+    run.update_metrics({"run": {
+        "status": "training", "started": now(), "dataset": dataset.describe(),
+        "likelihood": resolve_likelihood(config, dataset), "device": str(device),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": {"pyro_vae": _version(), "pyro": pyro.__version__,
+                     "torch": torch.__version__}}})
+    records: list[dict] = []
+
+    def record_epoch(record: dict) -> None:
+        records.append(record)
+        write_history(path / HISTORY_FILE, records)
+
+    try:
+        result = fit(model, dataset.train, estimator=config["estimator"],
+                     epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
+                     optimizer=config["optimizer"], seed=config["seed"], device=device,
+                     beta=config["beta"], beta_warmup_epochs=config["beta_warmup_epochs"],
+                     clip_norm=config["clip_norm"] or None,
+                     max_seconds=config["max_seconds"] or None,
+                     validation_data=dataset.validation, quiet=quiet, callbacks=[record_epoch])
+    except BaseException as error:
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        run.update_metrics({"run": {"status": status, "finished": now(),
+                                    "error": f"{type(error).__name__}: {error}"}})
+        raise
+    save_model(model, path / MODEL_FILE)
+    run.update_metrics({"run": {"status": "evaluating", "training_seconds": round(
+        result.seconds, 2)}, "training": {**result.settings, **result.final}})
+    test = evaluate_split(model, dataset, "test", config["eval_samples"], config["seed"],
+                          device)
+    run.update_metrics({"test": test})
+    if config["figures"]:
+        write_figures(model, dataset, result, path / FIGURES_DIR, config["seed"])
+    run.update_metrics({"run": {"status": "complete", "finished": now()}})
+    return run
+
+
+def _version() -> str:
+    from pyro_vae import __version__
+    return __version__
+
+
+# ---- the summary table ----------------------------------------------------------------------
+
+def _number(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_table(run: Run) -> str:
+    """A short text table of a run: data, model, training, and the numbers per split."""
+    c, m = run.config, run.metrics
+    info, training = m.get("run", {}), m.get("training", {})
+    lines = [f"run        {run.path}",
+             f"data       {info.get('dataset', c['dataset'])}",
+             f"model      {c['model']}: z_dim={c['z_dim']} prior={c['prior']} likelihood="
+             f"{info.get('likelihood', c['likelihood'])} guide={c['guide']} network="
+             f"{c['network']} hidden={','.join(map(str, c['hidden']))}"]
+    if training:
+        epochs = training.get("epoch")
+        lines.append(f"training   {training.get('estimator')}, {epochs} epoch"
+                     f"{'' if epochs == 1 else 's'}, "
+                     f"batch {training.get('batch_size')}, lr {training.get('lr')}, beta "
+                     f"{training.get('beta')}, {info.get('training_seconds', '?')} s on "
+                     f"{info.get('device', '?')}")
+    columns = [("train*", {k: training.get(k) for k in ("elbo", "recon", "kl")})]
+    if any(k.startswith("val_") for k in training):
+        columns.append(("validation*", {k: training.get(f"val_{k}")
+                                        for k in ("elbo", "recon", "kl")}))
+    for split in ("train", "validation", "test"):
+        if split in m:
+            columns = [col for col in columns if col[0].rstrip("*") != split]
+            columns.append((split, m[split]))
+    rows = [("ELBO", "elbo"), ("reconstruction E_q log p(x|z)", "recon"),
+            ("KL(q || p)", "kl")]
+    ks = {col.get("num_samples") for _, col in columns if col.get("num_samples")}
+    rows.append((f"log p(x), K={'/'.join(map(str, sorted(ks))) or '-'}", "log_likelihood"))
+    rows.append(("active units", "active_units"))
+    width = max(len(r[0]) for r in rows) + 2
+    header = " " * width + "".join(f"{name:>13}" for name, _ in columns)
+    table = [header]
+    for label, key in rows:
+        cells = []
+        for _, col in columns:
+            value = col.get(key)
+            if key == "active_units" and value is not None:
+                value = f"{value}/{c['z_dim']}"
+            cells.append(f"{_number(value):>13}")
+        table.append(f"{label:<{width}}" + "".join(cells))
+    lines += ["", "nats per datapoint (higher is better for ELBO and log p(x)):"] + table
+    if any(name.endswith("*") for name, _ in columns):
+        lines.append("* monitored during training (up to 1000 points, one draw, last epoch)")
+    lines.append(f"status     {info.get('status', 'unknown')}")
+    return "\n".join(lines)
