@@ -14,13 +14,14 @@ from pathlib import Path
 
 import torch
 
-from pyro_vae.models import VAE
+from pyro_vae.models import VAE, ConditionalVAE
 
 FORMAT = "pyro-vae-model"
 FORMAT_VERSION = 1
 
 #: model class name (``config["class"]``) -> builder taking the config's other keys
-MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"VAE": VAE}
+MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
+    "VAE": VAE, "ConditionalVAE": ConditionalVAE}
 
 
 class CheckpointError(ValueError):
