@@ -74,6 +74,23 @@ class FreeBitsELBO(pyro.infer.Trace_ELBO):
             weight = weight * torch.as_tensor(site["mask"], dtype=like.dtype, device=like.device)
         return weight.expand(batch_shape).reshape(elements)
 
+    def _dimension_terms(self, model_trace, guide_trace):
+        """For each latent site: (total weight W, KL_j averaged over the batch, shape (d,)).
+        W = sum of the elements' scales = beta N for a data plate of N subsampled to B."""
+        terms = {}
+        for name, site in guide_trace.nodes.items():
+            if site["type"] != "sample" or site["is_observed"]:
+                continue
+            if not site["fn"].has_rsample:
+                raise NotImplementedError(f"free bits need a reparameterisable guide; site "
+                                          f"{name!r} is not")
+            kl = self._kl_per_dimension(name, site, model_trace.nodes[name])
+            weights = self._site_weights(site, kl.shape[0], kl)
+            total = weights.sum()
+            mean_kl = (weights[:, None] * kl).sum(0) / total if float(total) > 0 else kl.mean(0)
+            terms[name] = (total, mean_kl)
+        return terms
+
     def _objective(self, model_trace, guide_trace) -> torch.Tensor:
         objective = 0.0
         for name, site in model_trace.nodes.items():
@@ -84,20 +101,19 @@ class FreeBitsELBO(pyro.infer.Trace_ELBO):
             elif name not in guide_trace.nodes:
                 raise ValueError(f"model site {name!r} is latent but the guide does not sample "
                                  "it; free bits need every latent site in the guide")
-        for name, site in guide_trace.nodes.items():
-            if site["type"] != "sample" or site["is_observed"]:
-                continue
-            if not site["fn"].has_rsample:
-                raise NotImplementedError(f"free bits need a reparameterisable guide; site "
-                                          f"{name!r} is not")
-            kl = self._kl_per_dimension(name, site, model_trace.nodes[name])
-            weights = self._site_weights(site, kl.shape[0], kl)
-            total = weights.sum()
-            if float(total) == 0.0:   # beta = 0: no KL term at all
-                continue
-            mean_kl = (weights[:, None] * kl).sum(0) / total            # KL_j, shape (d,)
-            objective = objective - total * torch.clamp(mean_kl, min=self.free_bits).sum()
+        for total, mean_kl in self._dimension_terms(model_trace, guide_trace).values():
+            if float(total) > 0:   # beta = 0 leaves no KL term at all
+                objective = objective - total * torch.clamp(mean_kl, min=self.free_bits).sum()
         return objective
+
+    @torch.no_grad()
+    def kl_terms(self, model, guide, *args, **kwargs) -> dict[str, dict[str, torch.Tensor]]:
+        """For one guide draw: per latent site, ``kl`` = KL_j (the batch average per
+        dimension) and ``objective`` = max(lambda, KL_j), the term the loss charges for it
+        (times beta and the number of datapoints)."""
+        model_trace, guide_trace = self._get_trace(model, guide, args, kwargs)
+        return {name: {"kl": kl, "objective": torch.clamp(kl, min=self.free_bits)}
+                for name, (_, kl) in self._dimension_terms(model_trace, guide_trace).items()}
 
     # ---- the ELBO interface --------------------------------------------------------------
     def differentiable_loss(self, model, guide, *args, **kwargs):

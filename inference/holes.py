@@ -19,24 +19,37 @@ i.e. when the decoder's training density there is lower than at all but alpha of
 codes. H_latent = P_{z~g}[q_hat(z) < t_alpha]; it is alpha when g equals the aggregate
 posterior.
 
-**Data space.** Decode the draws, y = E[x | z], and measure d(y) = min_n ||y - x_n||_2, the
-distance to the nearest training point. A draw is a hole when
+**Data space.** Decode the draws and ask how well the decoder's output at z matches the
+nearest training point, d(z) = min_n -log p(x_n | z) (the model's own likelihood as the
+distance: squared Euclidean up to constants for a Normal likelihood with fixed sigma,
+cross-entropy for a Bernoulli), or d(z) = min_n ||E[x|z] - x_n||_2. A draw is a hole when
 
-    d(f(z)) > tau_alpha,   tau_alpha = (1 - alpha)-quantile of d(f(z')), z' ~ q(z|x'), x' held out,
+    d(z) > tau_alpha,   tau_alpha = (1 - alpha)-quantile of d(z'), z' ~ q(z|x'), x' held out,
 
-i.e. when its decoding is farther from the data than all but alpha of the decoded held-out
-codes are. Both sides pass through the decoder, so blur (which every decoded mean has) is not
-counted as a hole; reconstruction error measures blur separately. ``reference`` may instead be
-the held-out data themselves (the literal "farther than held-out points are").
+i.e. when its decoding is farther from the training data than all but alpha of the decoded
+held-out codes are. Both sides pass through the decoder, so blur (which every decoded mean
+has) is not counted as a hole; reconstruction error measures blur separately. (Comparing
+decoded means with raw held-out data instead, ``data_hole_fraction(decoded, heldout, train)``,
+mixes blur with holes; and under the Euclidean distance a sharp but wrong binary image can sit
+closer to the data than a blurry correct one, which is why the likelihood is the default.)
 
-**Invariances.** Map the latent space by any z -> A z + b with diagonal A (or any invertible
-linear A when the floor is off): codes, encoder scales, kernel floor, held-out codes and draws
-all move together, density ratios and distances in data space do not change, so both measures
-are unchanged; the data measure is unchanged by any invertible map. In particular, shrinking
-all codes toward the origin (mu -> c mu, sigma -> c sigma) while the decoder compensates
-(f -> f(./c)) changes nothing when the draws come from the *matched* Gaussian (which shrinks with
-the codes). With the prior held fixed, the same shrinking *does* change what prior draws decode
-to, and the measures change with it, as they should.
+**Draws.** g is either the model's prior p(z) (what sampling from the model does), or the
+*matched* Gaussian N(m, S) with the aggregate posterior's mean and covariance,
+m = mean_n mu_n, S = Cov_n(mu_n) + mean_n diag(sigma_n^2). Matched draws ask whether the codes
+fill a Gaussian blob at their own location and scale; prior draws also count any mismatch of
+location or scale between codes and prior. An autoencoder's objective (and a beta = 0 VAE's)
+does not depend on the latent scale, so its prior-draw fractions reflect a scale picked by
+initialisation and training; its matched-draw fractions do not.
+
+**Invariances.** Map the latent space by z -> A z + b with diagonal A (any invertible linear
+A when the kernel floor is off): codes, encoder scales, kernel floor, held-out codes and draws
+move together, density ratios and distances in data space do not change, so both measures are
+unchanged; the data measure is unchanged by any invertible map. In particular, shrinking all
+codes toward the origin (mu -> c mu, sigma -> c sigma) while the decoder compensates
+(f -> f(./c)) leaves the decoded data unchanged and leaves every matched-draw fraction
+unchanged (the matched Gaussian shrinks with the codes). With the prior held fixed, the same
+shrinking *does* change what prior draws decode to, and the prior-draw fractions change with
+it, as they should.
 
 **The naive measure** (a draw is a hole when its distance to the nearest code mean exceeds a
 fixed threshold) has neither property: it ignores the encoders' variances (codes shrunk toward
@@ -54,6 +67,7 @@ from pyro import poutine
 
 from pyro_vae.inference.batching import as_source, ordered_batches
 from pyro_vae.inference.evaluation import is_point_mass, unwrap_distribution
+from pyro_vae.models._validation import unknown_name_error
 
 DEFAULT_ALPHA = 0.05
 
@@ -64,9 +78,10 @@ class HoleFraction:
 
     fraction: float
     alpha: float          # the no-holes value: the held-out reference's own exceedance rate
-    threshold: float      # t_alpha (log density) or tau_alpha (distance)
+    threshold: float      # the (1 - alpha)-quantile of the reference's scores
     is_hole: torch.Tensor = field(repr=False)   # (M,) bool, one per draw
-    scores: torch.Tensor = field(repr=False)    # (M,) log q_hat(z) or d(f(z)) per draw
+    scores: torch.Tensor = field(repr=False)    # (M,) atypicality per draw (higher = worse):
+    #                                             -log q_hat(z), a distance, or an NLL
 
     def __float__(self) -> float:
         return self.fraction
@@ -145,6 +160,16 @@ def matched_gaussian(locs: torch.Tensor, scales: torch.Tensor
     return torch.distributions.MultivariateNormal(mean, covariance_matrix=cov)
 
 
+def exceedance_fraction(scores: torch.Tensor, reference_scores: torch.Tensor,
+                        alpha: float = DEFAULT_ALPHA) -> HoleFraction:
+    """The fraction of ``scores`` above the (1 - alpha)-quantile of ``reference_scores``
+    (higher = more atypical): alpha in expectation when both come from one distribution."""
+    alpha = _check_alpha(alpha)
+    threshold = torch.quantile(reference_scores.double(), 1.0 - alpha).to(scores.dtype)
+    is_hole = scores > threshold
+    return HoleFraction(is_hole.double().mean().item(), alpha, threshold.item(), is_hole, scores)
+
+
 def latent_hole_fraction(draws: torch.Tensor, locs: torch.Tensor, scales: torch.Tensor,
                          reference: torch.Tensor, alpha: float = DEFAULT_ALPHA,
                          bandwidth="scott") -> HoleFraction:
@@ -153,8 +178,8 @@ def latent_hole_fraction(draws: torch.Tensor, locs: torch.Tensor, scales: torch.
     ``draws`` (M, d) come from g; ``locs``/``scales`` (N, d) are the training codes' encoder
     means and standard deviations (zeros for point masses); ``reference`` (R, d) are draws
     z' ~ q(z|x') for held-out x', which set t_alpha = alpha-quantile of log q_hat(z').
+    Scores are -log q_hat(z).
     """
-    alpha = _check_alpha(alpha)
     locs = _check_points(locs, "locs")
     d = locs.shape[1]
     draws, reference = _check_points(draws, "draws", d), _check_points(reference, "reference", d)
@@ -162,10 +187,8 @@ def latent_hole_fraction(draws: torch.Tensor, locs: torch.Tensor, scales: torch.
         raise ValueError(f"scales must have the shape of locs {tuple(locs.shape)}; got "
                          f"{tuple(scales.shape)}")
     component_scales = kernel_scales(locs, scales, bandwidth)
-    threshold = torch.quantile(aggregate_log_density(reference, locs, component_scales), alpha)
-    scores = aggregate_log_density(draws, locs, component_scales)
-    is_hole = scores < threshold
-    return HoleFraction(is_hole.double().mean().item(), alpha, threshold.item(), is_hole, scores)
+    return exceedance_fraction(-aggregate_log_density(draws, locs, component_scales),
+                               -aggregate_log_density(reference, locs, component_scales), alpha)
 
 
 def nearest_distance(points: torch.Tensor, data: torch.Tensor,
@@ -182,14 +205,11 @@ def data_hole_fraction(decoded: torch.Tensor, reference: torch.Tensor, train: to
     """H_data = P_{z~g}[d(f(z)) > tau_alpha] with d the distance to the nearest training point
     and tau_alpha the (1 - alpha)-quantile of d over ``reference`` (decoded held-out codes,
     or held-out data). ``decoded`` (M, D) are the decoded draws f(z)."""
-    alpha = _check_alpha(alpha)
     train = _check_points(train, "train")
     decoded = _check_points(decoded, "decoded", train.shape[1])
     reference = _check_points(reference, "reference", train.shape[1])
-    threshold = torch.quantile(nearest_distance(reference, train), 1.0 - alpha)
-    scores = nearest_distance(decoded, train)
-    is_hole = scores > threshold
-    return HoleFraction(is_hole.double().mean().item(), alpha, threshold.item(), is_hole, scores)
+    return exceedance_fraction(nearest_distance(decoded, train),
+                               nearest_distance(reference, train), alpha)
 
 
 def naive_hole_fraction(draws: torch.Tensor, locs: torch.Tensor,
@@ -265,23 +285,68 @@ def _subsample(x: torch.Tensor, limit: int | None, generator: torch.Generator
     return x[index.to(x.device)], index
 
 
+def _pairwise_log_prob(fn, train: torch.Tensor) -> torch.Tensor | None:
+    """log p(x_n | z_m) for all pairs, shape (M, N), by one matrix product where the
+    likelihood is linear in x (Bernoulli) or quadratic with a shared scale (Normal); else None.
+    Computed in float64: the Normal's expanded square loses digits in float32."""
+    base = unwrap_distribution(fn)
+    x = train.double()
+    if isinstance(base, torch.distributions.Bernoulli):
+        logits = base.logits.double()                       # log p = x.logits - softplus(logits)
+        return logits @ x.T - torch.nn.functional.softplus(logits).sum(-1, keepdim=True)
+    if isinstance(base, torch.distributions.Normal):
+        scale = base.scale.double().expand(base.loc.shape)
+        if not bool((scale == scale[:1]).all()):
+            return None
+        precision, loc = scale[0].pow(-2), base.loc.double()
+        square = ((x * x) @ precision)[None, :] - 2 * (loc * precision) @ x.T + (
+            (loc * loc) @ precision)[:, None]
+        constant = -torch.log(scale[0]).sum() - 0.5 * x.shape[1] * math.log(2 * math.pi)
+        return -0.5 * square + constant
+    return None
+
+
+@torch.no_grad()
+def nearest_negative_log_likelihood(model, z: torch.Tensor, train: torch.Tensor,
+                                    chunk_elements: int = 2 ** 24) -> torch.Tensor:
+    """min_n -log p(x_n | z) for each row of z, shape (M,): how well the decoder's distribution
+    at z explains the training point it explains best. Needs ``model.decoder`` and
+    ``model.likelihood`` (every :class:`~pyro_vae.models.VAE`)."""
+    theta = model.decoder(z)
+    fast = _pairwise_log_prob(model.likelihood.distribution(theta), train)
+    if fast is not None:
+        return -fast.max(1).values.to(z.dtype)
+    rows = max(1, chunk_elements // max(1, train.numel()))
+    out = []
+    for start in range(0, len(theta), rows):
+        block = model.likelihood.distribution(theta[start:start + rows, None, :])
+        out.append(-block.log_prob(train[None]).max(1).values)
+    return torch.cat(out)
+
+
+DATA_DISTANCES = ("likelihood", "euclidean")
+
+
 @torch.no_grad()
 def hole_fractions(model, train: torch.Tensor, heldout: torch.Tensor, *,
                    num_draws: int = 2000, alpha: float = DEFAULT_ALPHA, bandwidth="scott",
-                   reference: str = "decoded", naive_threshold: float = 0.5,
+                   data_distance: str = "likelihood", naive_threshold: float = 0.5,
                    reference_draws: int = 5, max_points: int | None = 5000, seed: int = 0,
                    site: str = "z") -> HoleReport:
     """Latent, data-space and naive hole fractions of a fitted model, for draws from its
     prior (``model.sample_latent``) and from the Gaussian matched to its aggregate posterior.
 
-    ``train`` builds q_hat and is the data the distances are measured to; ``heldout`` sets
-    the thresholds (``reference_draws`` encoder draws per held-out point). ``reference`` is
-    ``"decoded"`` (decoded held-out codes, like for like) or ``"data"`` (held-out data as
-    they are). ``max_points`` subsamples train and held-out sets for speed. The model needs
-    ``guide``, ``sample_latent(n)`` and ``decode(z)`` (every :class:`~pyro_vae.models.VAE`).
+    ``train`` builds q_hat and is the data that decoded draws are compared with; ``heldout``
+    sets the thresholds (``reference_draws`` encoder draws per held-out point, decoded).
+    ``data_distance`` is ``"likelihood"``, d(z) = min_n -log p(x_n | z) (the model's own
+    likelihood as the distance; squared Euclidean up to constants for a Normal likelihood
+    with fixed sigma) or ``"euclidean"``, d(z) = min_n ||E[x|z] - x_n||. ``max_points``
+    subsamples train and held-out sets for speed. The model needs ``guide``,
+    ``sample_latent(n)``, ``decode(z)``, and for ``"likelihood"`` ``decoder`` and
+    ``likelihood`` (every :class:`~pyro_vae.models.VAE` has them).
     """
-    if reference not in ("decoded", "data"):
-        raise ValueError(f"reference must be 'decoded' or 'data'; got {reference!r}")
+    if data_distance not in DATA_DISTANCES:
+        raise unknown_name_error("data_distance", data_distance, DATA_DISTANCES)
     if not isinstance(num_draws, int) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer; got {num_draws!r}")
     was_training = getattr(model, "training", False)
@@ -297,24 +362,27 @@ def hole_fractions(model, train: torch.Tensor, heldout: torch.Tensor, *,
         noise = torch.randn((reference_draws,) + held_locs.shape, generator=generator).to(
             held_locs)
         held_codes = (held_locs + held_scales * noise).reshape(-1, locs.shape[1])
-        if reference == "decoded":
-            reference_points = model.decode(held_codes)
-        else:
-            reference_points = heldout
-        matched = matched_gaussian(locs, kernel_scales(locs, scales, bandwidth))
+        matched = matched_gaussian(locs, scales)
         torch.manual_seed(seed)
         draws = {"prior": model.sample_latent(num_draws).reshape(num_draws, -1),
                  "matched": matched.sample((num_draws,))}
         decoded = {k: model.decode(z) for k, z in draws.items()}
+        if data_distance == "likelihood":
+            reference_scores = nearest_negative_log_likelihood(model, held_codes, train)
+            data = {k: exceedance_fraction(nearest_negative_log_likelihood(model, z, train),
+                                           reference_scores, alpha) for k, z in draws.items()}
+        else:
+            reference_points = model.decode(held_codes)
+            data = {k: data_hole_fraction(y, reference_points, train, alpha)
+                    for k, y in decoded.items()}
         report = HoleReport(
             latent={k: latent_hole_fraction(z, locs, scales, held_codes, alpha, bandwidth)
                     for k, z in draws.items()},
-            data={k: data_hole_fraction(y, reference_points, train, alpha)
-                  for k, y in decoded.items()},
+            data=data,
             naive={k: naive_hole_fraction(z, locs, naive_threshold) for k, z in draws.items()},
             draws=draws, decoded=decoded, codes=locs, code_scales=scales,
             train_index=train_index,
-            settings={"alpha": alpha, "bandwidth": bandwidth, "reference": reference,
+            settings={"alpha": alpha, "bandwidth": bandwidth, "data_distance": data_distance,
                       "num_draws": num_draws, "naive_threshold": naive_threshold,
                       "num_train": len(train), "num_heldout": len(heldout), "seed": seed})
     finally:

@@ -103,7 +103,7 @@ def anomaly_figure(result: AnomalyResult):
     roc_ax = axes[-1]
     for method in methods:
         fpr, tpr = roc_curve(result.inlier_scores[method], result.outlier_scores[method])
-        roc_ax.plot(fpr, tpr, label=f"{method} (AUC {result.auc[method]:.3f})")
+        roc_ax.plot(fpr.numpy(), tpr.numpy(), label=f"{method} (AUC {result.auc[method]:.3f})")
     roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
     roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
     roc_ax.legend(fontsize=7)

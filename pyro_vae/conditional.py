@@ -28,7 +28,8 @@ def plot_class_samples(model, num_per_class: int = 8, feature_shape: Sequence[in
                                  figsize=(0.9 * num_per_class, 0.9 * model.num_classes))
         for c, row in zip(classes, axes, strict=True):
             for k, ax in enumerate(row):
-                ax.imshow(samples[c][k].reshape(height, width), cmap="gray_r", vmin=0, vmax=1)
+                ax.imshow(samples[c][k].reshape(height, width).numpy(), cmap="gray_r", vmin=0,
+                          vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
             row[0].set_ylabel(names[c], rotation=0, labelpad=12)
@@ -36,10 +37,10 @@ def plot_class_samples(model, num_per_class: int = 8, feature_shape: Sequence[in
         return fig
     fig, ax = plt.subplots(figsize=(8, 4))
     for c in classes:
-        ax.plot(samples[c].mean(0), color=f"C{c % 10}", label=f"{names[c]} generated")
+        ax.plot(samples[c].mean(0).numpy(), color=f"C{c % 10}", label=f"{names[c]} generated")
         if data is not None:
             x, labels = data
-            ax.plot(x[labels == c].mean(0).cpu(), color=f"C{c % 10}", ls="--",
+            ax.plot(x[labels == c].mean(0).cpu().numpy(), color=f"C{c % 10}", ls="--",
                     label=f"{names[c]} data")
     ax.set(xlabel="feature", ylabel="mean value",
            title=f"mean of {num_per_class} samples per class")

@@ -32,7 +32,6 @@ from pyro_vae.inference.holes import (
     HoleReport,
     data_hole_fraction,
     hole_fractions,
-    kernel_scales,
     latent_hole_fraction,
     matched_gaussian,
     naive_hole_fraction,
@@ -163,7 +162,7 @@ def metric_check_table(alpha: float = DEFAULT_ALPHA, naive_threshold: float = 0.
     for c in constructed_cases(seed=seed):
         draws = c.prior_draws
         if c.draws_from == "matched":
-            matched = matched_gaussian(c.locs, kernel_scales(c.locs, c.scales))
+            matched = matched_gaussian(c.locs, c.scales)
             draws = matched.sample((len(draws),))
         rows.append({
             "case": c.name, "expected": c.expected, "alpha": alpha,
@@ -210,7 +209,8 @@ class HolesStudyResult:
         lines = [f"## Holes study: {self.dataset}", "",
                  f"{len(self.settings['seeds'])} seeds {list(self.settings['seeds'])}, "
                  f"z_dim={self.settings['z_dim']}, epochs={self.settings['epochs']}, "
-                 f"likelihood={self.settings['likelihood']}; hole fractions in %, "
+                 f"likelihood={self.settings['likelihood']}, data-space distance "
+                 f"{self.settings['data_distance']}; hole fractions in %, "
                  f"no holes = {100 * alpha:g}% (alpha); naive threshold "
                  f"{self.settings['naive_threshold']} latent units. Mean +- sd over seeds.", ""]
         header = ["model"] + [METRIC_LABELS[m] for m in METRICS]
@@ -262,8 +262,7 @@ class HolesStudyResult:
                    "runs": self.runs, "sweep": self.sweep, "kl_check": self.kl_check,
                    "metric_check": self.metric_check, "trend": self.trend()}
         atomic_write(targets["markdown"], self.to_markdown().encode())
-        atomic_write(targets["json"], json.dumps(payload, indent=2, default=_json_default)
-                      .encode())
+        atomic_write(targets["json"], json.dumps(_jsonable(payload), indent=2).encode())
         if self.figure is not None:
             import io
 
@@ -279,14 +278,17 @@ def _mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.1f} +- {sd:.1f}" if abs(mean) >= 1 or mean == 0 else f"{mean:.3f} +- {sd:.3f}"
 
 
-def _json_default(value):
+def _jsonable(value):
+    """Plain JSON values: non-finite floats as the strings "inf", "-inf", "nan"."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.floating, np.integer)):
+        value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError(f"cannot write {type(value).__name__} to JSON")
+    return value
 
 
 def _build(beta: float | None, x_dim: int, z_dim: int, likelihood: str, hidden,
@@ -332,7 +334,8 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
                     likelihood: str | None = None, likelihood_options: dict | None = None,
                     sweep_betas: Sequence[float] | None = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0),
                     num_draws: int = 2000, alpha: float = DEFAULT_ALPHA,
-                    naive_threshold: float = 0.5, max_points: int | None = 5000,
+                    naive_threshold: float = 0.5, data_distance: str = "likelihood",
+                    max_points: int | None = 5000,
                     kl_samples: int = 200_000, device: str = "cpu", quiet: bool = True,
                     figure: bool = True, out_dir: str | os.PathLike | None = None,
                     dataset_options: dict | None = None) -> HolesStudyResult:
@@ -359,7 +362,8 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
                 "hidden": list(hidden), "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "estimator": estimator, "likelihood": likelihood,
                 "likelihood_options": likelihood_options, "num_draws": num_draws,
-                "alpha": alpha, "naive_threshold": naive_threshold, "max_points": max_points,
+                "alpha": alpha, "naive_threshold": naive_threshold,
+                "data_distance": data_distance, "max_points": max_points,
                 "num_train": len(dataset.train), "num_test": len(dataset.test),
                 "sweep_betas": None if sweep_betas is None else [float(b) for b in sweep_betas]}
 
@@ -372,7 +376,7 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
         model.to("cpu")
         report = hole_fractions(model, dataset.train, dataset.test, num_draws=num_draws,
                                 alpha=alpha, naive_threshold=naive_threshold,
-                                max_points=max_points, seed=seed)
+                                data_distance=data_distance, max_points=max_points, seed=seed)
         row = {"model": model_label(beta), "beta": beta, "seed": seed,
                **_measure(model, dataset, report), "fit_seconds": history.seconds}
         return model, history, report, row
@@ -414,12 +418,13 @@ def _encoder_panel(ax, model, data: Dataset, label: str, num_points: int = 5) ->
     order = torch.argsort(locs[:, 0])
     picks = order[torch.linspace(0, len(order) - 1, num_points).round().long()]
     grid = torch.linspace(-4, 4, 400, dtype=torch.float64)
-    ax.plot(grid, torch.distributions.Normal(0.0, 1.0).log_prob(grid).exp(), "k", lw=2.5,
-            label="prior N(0, 1)")
+    ax.plot(grid.numpy(), torch.distributions.Normal(0.0, 1.0).log_prob(grid).exp().numpy(),
+            "k", lw=2.5, label="prior N(0, 1)")
     for i in picks.tolist():
         mu, sigma = locs[i, 0].item(), scales[i, 0].item()
         density = torch.distributions.Normal(mu, sigma).log_prob(grid).exp()
-        ax.plot(grid, density, lw=1.2, label=f"KL(q(z1|x) || p) = {gaussian_kl(mu, sigma):.2f}")
+        ax.plot(grid.numpy(), density.numpy(), lw=1.2,
+                label=f"KL(q(z1|x) || p) = {gaussian_kl(mu, sigma):.2f}")
     ax.set_title(f"encoders q(z1|x) vs prior ({label})")
     ax.set_xlabel("z1")
     ax.legend(fontsize=7)
@@ -441,10 +446,10 @@ def _curves_panel(ax, histories: dict) -> None:
 
 
 def _latent_panel(ax, report: HoleReport, labels, label: str) -> None:
-    codes = report.codes[:, :2].cpu()
-    draws = report.draws["prior"][:, :2].cpu()
-    holes = report.data["prior"].is_hole.cpu()
-    colors = None if labels is None else labels[report.train_index].cpu()
+    codes = report.codes[:, :2].cpu().numpy()
+    draws = report.draws["prior"][:, :2].cpu().numpy()
+    holes = report.data["prior"].is_hole.cpu().numpy()
+    colors = None if labels is None else labels[report.train_index].cpu().numpy()
     ax.scatter(codes[:, 0], codes[:, 1], c=colors, cmap="tab10", s=4, alpha=0.6)
     ax.scatter(draws[~holes, 0], draws[~holes, 1], s=5, c="0.5", marker=".",
                label="prior draw, fine")
@@ -458,9 +463,10 @@ def _latent_panel(ax, report: HoleReport, labels, label: str) -> None:
 
 
 def _features_panel(ax, reports: dict, data: Dataset) -> None:
-    ax.plot(data.train.mean(0).cpu(), "k", lw=2.5, label="data mean")
+    ax.plot(data.train.mean(0).cpu().numpy(), "k", lw=2.5, label="data mean")
     for i, (label, report) in enumerate(reports.items()):
-        ax.plot(report.decoded["prior"].mean(0).cpu(), color=f"C{i}", lw=1, label=label)
+        ax.plot(report.decoded["prior"].mean(0).cpu().numpy(), color=f"C{i}", lw=1,
+                label=label)
     ax.set_xlabel("feature")
     ax.set_ylabel("mean value")
     ax.set_title("mean decoded prior draw vs data mean")
