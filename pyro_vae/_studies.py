@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from pyro_vae.data import Dataset, load_dataset
+from pyro_vae.io import atomic_open
 
 BINARY_IMAGE_DATASETS = ("digits", "mnist")
 
@@ -26,17 +26,7 @@ def as_dataset(dataset: Dataset | str, options: dict | None = None) -> Dataset:
 
 
 def atomic_write(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``data`` to ``path`` atomically (see :func:`pyro_vae.io.atomic_open`)."""
+    with atomic_open(path) as handle:
+        handle.write(data)
+    return Path(path)
