@@ -455,8 +455,9 @@ def _latent_panel(ax, report: HoleReport, labels, label: str) -> None:
     draws = report.draws["prior"][:, :2].cpu().numpy()
     holes = report.data["prior"].is_hole.cpu().numpy()
     colors = None if labels is None else labels[report.train_index].cpu().numpy()
-    ax.scatter(codes[:, 0], codes[:, 1], c=colors, cmap="tab10", s=4, alpha=0.6)
-    ax.scatter(draws[~holes, 0], draws[~holes, 1], s=5, c="0.5", marker=".",
+    ax.scatter(codes[:, 0], codes[:, 1], c=colors, cmap="tab10", s=4, alpha=0.35,
+               label="codes (by label)")
+    ax.scatter(draws[~holes, 0], draws[~holes, 1], s=3, c="k", marker=".",
                label="prior draw, fine")
     ax.scatter(draws[holes, 0], draws[holes, 1], s=8, c="red", marker="x", lw=0.6,
                label="prior draw, hole")
