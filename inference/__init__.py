@@ -4,6 +4,7 @@ Works with any object that has Pyro ``model(*batch)`` / ``guide(*batch)`` method
 parameters, not only :class:`pyro_vae.models.VAE`. Nothing here knows about the CLI or files.
 """
 
+from pyro_vae.inference.collapse import FreeBitsELBO
 from pyro_vae.inference.comparison import ComparisonResult, PeakMemory, RunResult, compare
 from pyro_vae.inference.diagnostics import (
     GradientSNRResult,
@@ -29,6 +30,7 @@ from pyro_vae.inference.estimators import (
 from pyro_vae.inference.evaluation import (
     EvaluationResult,
     NotPerDatapointError,
+    PointMassGuideError,
     active_units,
     elbo_terms,
     evaluate,
@@ -52,8 +54,9 @@ from pyro_vae.inference.training import (
 
 __all__ = [
     "ESTIMATORS", "EstimatorSpec", "MinibatchRenyiELBO", "make_estimator", "parse_estimator",
-    "register_estimator", "valid_specs",
-    "EvaluationResult", "NotPerDatapointError", "active_units", "elbo_terms", "evaluate",
+    "register_estimator", "valid_specs", "FreeBitsELBO",
+    "EvaluationResult", "NotPerDatapointError", "PointMassGuideError",
+    "active_units", "elbo_terms", "evaluate",
     "kl_per_dimension", "log_density_terms", "log_likelihood", "posterior_means",
     "FitResult", "NonFiniteLossError", "ResumeError", "capture_rng_state",
     "find_non_finite_site", "fit", "non_finite_entries", "resolve_device", "restore_rng_state",

@@ -13,6 +13,12 @@ Everything is per datapoint and in nats. The estimators work for any object with
 * ELBO_n = E_q[log p(x_n|z)] - KL_n, KL_n = E_q[log q(z|x_n) - log p(z)];
 * active units (Burda et al.): A_u = Cov_n(E_q[z_u | x_n]) > 0.01.
 
+A point-mass guide site (``Delta``, e.g. an autoencoder's code) has no density: its log q is
++inf, so KL = +inf and ELBO = -inf (true values, not placeholders), and :func:`log_likelihood`
+refuses it (:class:`PointMassGuideError`) because importance sampling needs a proposal with a
+density; :func:`evaluate` then reports log p(x) as NaN. The reconstruction term
+E_q log p(x|z) = log p(x | mu(x)) stays well defined.
+
 A model may provide its own ``importance_log_weights(*batch, num_particles)`` (returning
 ``(K, B)``), e.g. to sum a discrete latent out exactly; it is then used instead.
 """
@@ -20,6 +26,7 @@ A model may provide its own ``importance_log_weights(*batch, num_particles)`` (r
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import pyro
@@ -37,6 +44,22 @@ DATA_PLATE = "data"
 
 class NotPerDatapointError(ValueError):
     """A site outside the ``"data"`` plate: log p(x_n) is not defined per datapoint."""
+
+
+class PointMassGuideError(ValueError):
+    """log p(x) was requested with a point-mass (Delta) guide, which has no density."""
+
+
+def unwrap_distribution(fn):
+    """The distribution under any ``ExpandedDistribution`` / ``Independent`` wrappers."""
+    while isinstance(fn, (dist.ExpandedDistribution, dist.Independent)):
+        fn = fn.base_dist
+    return fn
+
+
+def is_point_mass(fn) -> bool:
+    """Whether a distribution is a (possibly expanded or reinterpreted) ``Delta``."""
+    return isinstance(unwrap_distribution(fn), dist.Delta)
 
 
 def _data_dim(site) -> int | None:
@@ -137,7 +160,10 @@ def log_density_terms(model, batch: tuple, num_particles: int,
     latents = {}
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
-            add("log_guide", site)
+            if is_point_mass(site["fn"]):  # no density: log q = +inf (not Pyro's 0 convention)
+                terms["log_guide"] = terms["log_guide"] + math.inf
+            else:
+                add("log_guide", site)
             latents[name] = _per_datapoint_value(site, nesting)
     return LogDensityTerms(**terms, latents=latents)
 
@@ -156,6 +182,21 @@ def _chunking(n_total: int, num_samples: int, batch_size: int | None,
     return batch, max(1, min(num_samples, particle_budget // batch))
 
 
+def _refuse_point_mass_guide(model, source) -> None:
+    if callable(getattr(model, "importance_log_weights", None)):
+        return
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(*next(ordered_batches(source, 2)))
+    names = [name for name, site in guide_trace.nodes.items()
+             if site["type"] == "sample" and is_point_mass(site["fn"])]
+    if names:
+        raise PointMassGuideError(
+            f"the guide's site(s) {names} are point masses (Delta), which have no density, so "
+            "log p(x) cannot be importance-sampled with this guide (the estimate would be "
+            "-inf). Judge such a model (an autoencoder) by its reconstruction term, or fit a "
+            "guide with a density (e.g. guide='diagonal').")
+
+
 @torch.no_grad()
 def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | None = None,
                    particle_budget: int = 2 ** 15, max_plate_nesting: int | None = None,
@@ -170,6 +211,7 @@ def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | No
     source = as_source(data)
     if seed is not None:
         pyro.set_rng_seed(seed)
+    _refuse_point_mass_guide(model, source)
     batch_size, chunk = _chunking(len(source), num_samples, batch_size, particle_budget)
     out = []
     for batch in ordered_batches(source, batch_size):
@@ -321,8 +363,12 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         if seed is not None:
             pyro.set_rng_seed(seed)
         nesting = guess_max_plate_nesting(model, next(ordered_batches(source, 2)))
-        ll = log_likelihood(model, source, num_samples, batch_size=batch_size,
-                            particle_budget=particle_budget, max_plate_nesting=nesting)
+        try:
+            ll = log_likelihood(model, source, num_samples, batch_size=batch_size,
+                                particle_budget=particle_budget, max_plate_nesting=nesting)
+        except PointMassGuideError as error:
+            warnings.warn(f"log_likelihood is reported as NaN: {error}", stacklevel=2)
+            ll = first_tensor(source).new_full((len(source),), math.nan)
         terms = elbo_terms(model, source, elbo_particles, max_plate_nesting=nesting)
         try:
             units, variances = active_units(model, source, site=latent_site)

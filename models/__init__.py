@@ -3,7 +3,15 @@
 Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fitting.
 """
 
-from pyro_vae.models.guides import DiagonalNormalGuide, FlowGuide, FullRankNormalGuide, Guide
+from pyro_vae.models.autoencoder import autoencoder
+from pyro_vae.models.conditional import ConditionalVAE
+from pyro_vae.models.guides import (
+    DeltaGuide,
+    DiagonalNormalGuide,
+    FlowGuide,
+    FullRankNormalGuide,
+    Guide,
+)
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -29,12 +37,13 @@ from pyro_vae.models.registry import GUIDES, LIKELIHOODS, PRIORS, register
 from pyro_vae.models.vae import VAE, check_data_matrix, data_plate
 
 __all__ = [
-    "VAE", "data_plate", "check_data_matrix", "register", "PRIORS", "LIKELIHOODS", "GUIDES",
+    "VAE", "autoencoder", "ConditionalVAE", "data_plate", "check_data_matrix", "register",
+    "PRIORS", "LIKELIHOODS", "GUIDES",
     "Prior", "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior", "StudentTPrior",
     "MixtureOfGaussiansPrior", "VampPrior",
     "Likelihood", "DataSupportError", "BernoulliLikelihood", "ContinuousBernoulliLikelihood",
     "NormalLikelihood", "LaplaceLikelihood", "StudentTLikelihood", "PoissonLikelihood",
     "NegativeBinomialLikelihood",
-    "Guide", "DiagonalNormalGuide", "FullRankNormalGuide", "FlowGuide",
+    "Guide", "DeltaGuide", "DiagonalNormalGuide", "FullRankNormalGuide", "FlowGuide",
     "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
 ]

@@ -58,6 +58,23 @@ class DiagonalNormalGuide(Guide):
         return dist.Normal(loc, scale).to_event(1)
 
 
+class DeltaGuide(Guide):
+    """q(z|x) = delta(z - mu(x)): a point mass at the encoder's output (a deterministic code).
+
+    With KL weight beta = 0 the objective E_q log p(x|z) - beta KL is exactly a plain
+    autoencoder's, log p(x | mu(x)); with beta > 0 it adds beta log p(mu(x)) (a MAP-regularised
+    code). A point mass has no density: KL(q || p) = +inf and log p(x) cannot be
+    importance-sampled with it, and :mod:`pyro_vae.inference.evaluation` reports exactly that.
+    """
+
+    def __init__(self, encoder: nn.Module, z_dim: int):
+        super().__init__(encoder, z_dim)
+        self.loc_head = nn.Linear(encoder.out_features, z_dim)
+
+    def distribution(self, x):
+        return dist.Delta(self.loc_head(self.encoder(x)), event_dim=1)
+
+
 class FullRankNormalGuide(Guide):
     """q(z|x) = N(mu(x), L(x) L(x)^T) with a lower-triangular L whose diagonal is positive
     (softplus), capturing posterior correlations between latent dimensions."""

@@ -44,6 +44,7 @@ LIKELIHOODS: dict[str, Callable[..., likelihoods.Likelihood]] = {
 
 GUIDES: dict[str, Callable[..., guides.Guide]] = {
     "diagonal": lambda encoder, z_dim, **kw: guides.DiagonalNormalGuide(encoder, z_dim),
+    "delta": lambda encoder, z_dim, **kw: guides.DeltaGuide(encoder, z_dim),
     "full_rank": lambda encoder, z_dim, **kw: guides.FullRankNormalGuide(encoder, z_dim),
     "flow": lambda encoder, z_dim, num_flows=2, **kw: guides.FlowGuide(encoder, z_dim,
                                                                       num_flows),

@@ -10,14 +10,19 @@ The public API in one place::
 """
 
 from pyro_vae import inference, models
+from pyro_vae.anomaly import AnomalyResult, run_anomaly_study
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
+from pyro_vae.collapse import CollapseResult, run_collapse_study
+from pyro_vae.conditional import plot_class_samples
 from pyro_vae.config import ConfigError, resolve_config
 from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
+from pyro_vae.holes import HolesStudyResult, kl_check_table, run_holes_study
 from pyro_vae.inference import (
     ComparisonResult,
     EvaluationResult,
     FitResult,
+    FreeBitsELBO,
     NonFiniteLossError,
     ResumeError,
     active_units,
@@ -31,8 +36,18 @@ from pyro_vae.inference import (
     posterior_means,
     psis_khat,
 )
+from pyro_vae.inference.anomaly import anomaly_scores, roc_auc
+from pyro_vae.inference.holes import hole_fractions
 from pyro_vae.io import CheckpointError, load_model, save_model
-from pyro_vae.models import GUIDES, LIKELIHOODS, PRIORS, VAE, DataSupportError
+from pyro_vae.models import (
+    GUIDES,
+    LIKELIHOODS,
+    PRIORS,
+    VAE,
+    ConditionalVAE,
+    DataSupportError,
+    autoencoder,
+)
 from pyro_vae.reports import run_comparison, save_comparison
 from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
 
@@ -46,7 +61,10 @@ __all__ = [
     "save_checkpoint", "load_checkpoint",
     "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
     "psis_khat", "to_inference_data", "save_inference_data",
-    "NonFiniteLossError", "save_model", "load_model", "CheckpointError",
     "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
     "open_run", "load_data", "build_model",
+    # holes, posterior collapse, conditional VAE, anomaly scores
+    "autoencoder", "ConditionalVAE", "FreeBitsELBO", "hole_fractions", "run_holes_study",
+    "HolesStudyResult", "kl_check_table", "run_collapse_study", "CollapseResult",
+    "plot_class_samples", "anomaly_scores", "roc_auc", "run_anomaly_study", "AnomalyResult",
 ]

@@ -15,20 +15,22 @@ import hashlib
 import os
 import tempfile
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
 import torch
 
 from pyro_vae.inference.training import STATE_FORMAT, resolve_device
-from pyro_vae.models import VAE
+from pyro_vae.models import VAE, ConditionalVAE
 
 FORMAT = "pyro-vae-model"
 FORMAT_VERSION = 1
 DIGEST_KEY = "sha256"
 
 #: model class name (``config["class"]``) -> builder taking the config's other keys
-MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {"VAE": VAE}
+MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
+    "VAE": VAE, "ConditionalVAE": ConditionalVAE}
 
 
 class CheckpointError(ValueError):
@@ -81,15 +83,18 @@ def _file_mode() -> int:
     return 0o666 & ~umask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
-    """Call ``write(handle)`` on a temporary file in path's folder, fsync, then rename it
-    over ``path``: readers see the old file or the new one, never a half-written one."""
+@contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file handle whose contents replace ``path`` only when the block completes:
+    written to a temporary file in the same folder, flushed, fsynced, then renamed (and the
+    rename made durable), so readers see the old file or the new one, never a half-written
+    one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            write(handle)
+            yield handle
             handle.flush()
             os.fchmod(handle.fileno(), _file_mode())
             os.fsync(handle.fileno())
@@ -99,7 +104,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
-    return path
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -143,6 +147,15 @@ def load_weights_only(path: str | os.PathLike, what: str, how_made: str):
                                   f"SHA-256 digest stored when it was written. Use another "
                                   f"file, or write it again with {how_made}.")
     return payload
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call ``write(handle)`` inside :func:`atomic_open`."""
+    with atomic_open(path) as handle:
+        write(handle)
+    return Path(path)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically (see :func:`atomic_write`)."""
     return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
