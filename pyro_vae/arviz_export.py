@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from pyro_vae.inference.batching import as_source
 from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES, importance_draws, khat_from_log_weights
+from pyro_vae.io import atomic_path
 from pyro_vae.models._validation import check_positive_int
 
 
@@ -147,14 +147,6 @@ def save_inference_data(idata, path: str | os.PathLike, *, overwrite: bool = Fal
     if path.exists() and not overwrite:
         raise FileExistsError(f"{str(path)!r} already exists; choose another path or pass "
                               "overwrite=True")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         idata.to_netcdf(tmp, engine="h5netcdf")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path

@@ -84,18 +84,17 @@ def _file_mode() -> int:
 
 
 @contextmanager
-def atomic_open(path: str | os.PathLike):
-    """A binary file handle whose contents replace ``path`` only when the block completes:
-    written to a temporary file in the same folder, flushed, fsynced, then renamed (and the
-    rename made durable), so readers see the old file or the new one, never a half-written
-    one."""
+def atomic_path(path: str | os.PathLike):
+    """A temporary file name in path's folder to write by name (netCDF, savefig); when the
+    block completes the file is fsynced and renamed over ``path`` (and the rename made
+    durable), so readers see the old file or the new one, never a half-written one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb+") as handle:
             os.fchmod(handle.fileno(), _file_mode())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -104,6 +103,14 @@ def atomic_open(path: str | os.PathLike):
             os.unlink(tmp)
         raise
     _fsync_directory(path.parent)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike):
+    """A binary file handle whose contents replace ``path`` only when the block completes
+    (see :func:`atomic_path`)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        yield handle
 
 
 def _fsync_directory(folder: Path) -> None:

@@ -14,12 +14,12 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pyro_vae.inference.comparison import ComparisonResult, RunResult, compare, first_points
 from pyro_vae.inference.diagnostics import GradientSNRResult, KHatResult
+from pyro_vae.io import atomic_path, atomic_write_text
 
 #: (metric, column header, format spec, as percent) for the comparison table
 TABLE_COLUMNS = (
@@ -142,29 +142,15 @@ def _csv_text(rows: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, write: Callable[[str], None]) -> Path:
-    """``write(temporary_path)``, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
 def write_text(path: str | os.PathLike, text: str) -> Path:
-    return _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return atomic_write_text(path, text)
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     path = Path(path)
-    return _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi,
-                                                       format=path.suffix.lstrip(".") or "png"))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    return path
 
 
 def _refuse_existing(paths, overwrite: bool) -> None:
