@@ -97,3 +97,22 @@ def test_free_bits_restores_active_units(binary_digits):
                                    epochs=60, num_samples=100, figure=False)
     units = {r["variant"]: r["active_units"] for r in result.rows}
     assert units["free bits"] >= units["plain"] + 4, units
+
+
+def test_trend_calls_changes_against_the_seed_spread():
+    from pyro_vae.holes import HOLE_METRICS, HolesStudyResult
+
+    def row(model, value, sd):
+        out = {"model": model}
+        for metric in HOLE_METRICS:
+            out[metric], out[metric + "_sd"] = value, sd
+        return out
+
+    table = [row("AE", 0.50, 0.05), row("beta=0", 0.48, 0.05), row("beta=1", 0.10, 0.02),
+             row("beta=4", 0.12, 0.02)]
+    trend = HolesStudyResult("toy", table, [], [], [], [], {})\
+        .trend()[HOLE_METRICS[0]]
+    assert [s["direction"] for s in trend["steps"]] == ["falls", "flat"]
+    assert trend["overall"]["direction"] == "falls"
+    assert trend["ae_vs_beta0"]["direction"] == "flat"
+    assert trend["steps"][0]["difference"] == pytest.approx(-0.38)
