@@ -43,7 +43,7 @@ def test_holes_study_runs_end_to_end(binary_digits, tmp_path):
     assert result.sweep[1]["kl"] == first["kl"]
     assert len(result.figure.axes) >= 8
     markdown = result.to_markdown()
-    for text in labels + ["Monte Carlo", "constructed", "falls with beta"]:
+    for text in labels + ["Monte Carlo", "constructed", "beta=0 -> beta=1: "]:
         assert text in markdown
     saved = json.loads((tmp_path / "study" / "holes_study.json").read_text())
     assert set(METRICS) <= set(saved["table"][0]) and saved["table"][0]["kl"] == "inf"
