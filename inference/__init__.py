@@ -6,6 +6,7 @@ parameters, not only :class:`pyro_vae.models.VAE`. Nothing here knows about the 
 
 from pyro_vae.inference.collapse import FreeBitsELBO
 from pyro_vae.inference.comparison import ComparisonResult, PeakMemory, RunResult, compare
+from pyro_vae.inference.data_parallel import DataParallel, particle_seed
 from pyro_vae.inference.diagnostics import (
     GradientSNRResult,
     GradientStats,
@@ -64,5 +65,5 @@ __all__ = [
     "compare", "ComparisonResult", "RunResult", "PeakMemory",
     "gradient_snr", "GradientSNRResult", "GradientStats", "parameter_groups",
     "psis_khat", "KHatResult", "khat_from_log_weights", "importance_log_weights",
-    "importance_draws", "ImportanceDraws",
+    "importance_draws", "ImportanceDraws", "DataParallel", "particle_seed",
 ]

@@ -20,6 +20,13 @@ generator's state, and the unfinished epoch's permutation), every random state (
 NumPy, torch CPU and CUDA), the history so far and the settings. A fit interrupted and
 resumed from its last state ends with the same parameters, bit for bit on CPU, as the same
 fit run in one go. This module writes no files; :mod:`pyro_vae.checkpoints` does.
+
+Data parallelism (``distributed=True``, see :mod:`pyro_vae.inference.data_parallel`): every
+rank of a ``torch.distributed`` process group runs the same fit; each step's global batch
+is split among the ranks and their gradients are combined into the global batch's before
+anything else looks at them, so all ranks take identical steps. A distributed state also
+holds every rank's random state (``rng_by_rank``); resumed with as many ranks it continues
+bit for bit.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import inspect
 import math
 import random
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +48,7 @@ from pyro.poutine.subsample_messenger import _Subsample
 from tqdm.auto import tqdm
 
 from pyro_vae.inference.batching import as_source, first_tensor
+from pyro_vae.inference.data_parallel import DataParallel, particle_seed
 from pyro_vae.inference.estimators import make_estimator, parse_estimator
 from pyro_vae.inference.evaluation import elbo_terms, guess_max_plate_nesting
 from pyro_vae.models.handlers import scale_latent_sites
@@ -336,13 +345,15 @@ class _Fit:
     def __init__(self, model, source, *, elbo, optimizer, lr_scheduler, schedules: dict,
                  settings: dict, monitor_index, order: torch.Generator, nesting: int,
                  batch_size: int, beta: float, warmup_steps: int, clip_norm, scaled: bool,
-                 nonfinite: str, max_skipped_steps: int, device):
+                 nonfinite: str, max_skipped_steps: int, device,
+                 parallel: DataParallel | None = None):
         self.model, self.source, self.elbo = model, source, elbo
         self.optimizer, self.lr_scheduler, self.schedules = optimizer, lr_scheduler, schedules
         self.settings, self.monitor_index, self.order = settings, monitor_index, order
         self.nesting, self.batch_size, self.beta = nesting, batch_size, beta
         self.warmup_steps, self.clip_norm, self.scaled = warmup_steps, clip_norm, scaled
         self.nonfinite, self.max_skipped_steps, self.device = nonfinite, max_skipped_steps, device
+        self.parallel = parallel
         self.n = len(source)
         self.steps_per_epoch = math.ceil(self.n / batch_size)
         self.step_kwargs = {"num_data": self.n} if scaled else {}
@@ -364,6 +375,7 @@ class _Fit:
                                     "step": self.step}
         if self.lr_scheduler is not None:
             scheduler_states["lr"] = self.lr_scheduler.state_dict()
+        rng = self.rng_at_stop or capture_rng_state()
         state = {
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
@@ -374,7 +386,7 @@ class _Fit:
             "model_config": getattr(self.model, "config", None),
             "optimizer": self.optimizer.state_dict(),
             "schedules": scheduler_states,
-            "rng": self.rng_at_stop or capture_rng_state(),
+            "rng": rng,
             "data_order": self.order.get_state(),
             "monitor_index": self.monitor_index,
             "data": _data_fingerprint(self.source),
@@ -382,6 +394,9 @@ class _Fit:
             "history": self.history,
             "seconds": self.seconds,
         }
+        if self.parallel is not None:
+            # every rank's particle streams, so that a resumed run draws what it would have
+            state["rng_by_rank"] = self.parallel.gather(_cpu_copy(rng))
         state = _cpu_copy(state)
         check_plain(state)
         return state
@@ -473,8 +488,26 @@ class _Fit:
         self.seconds = state["seconds"]
 
     def restore_random_states(self, state) -> None:
-        restore_rng_state(state["rng"])
+        """Restore the data order and this rank's random states. A state from a run with
+        as many ranks (one, or ``rng_by_rank``) continues exactly; otherwise ranks the
+        state has no streams for are seeded afresh from (seed, rank, step), with a warning:
+        data order, weights and schedules continue exactly, the particle draws do not."""
         self.order.set_state(state["data_order"])
+        rank = 0 if self.parallel is None else self.parallel.rank
+        world_size = 1 if self.parallel is None else self.parallel.world_size
+        saved = state.get("rng_by_rank") or [state["rng"]]
+        if len(saved) != world_size and rank == 0:
+            warnings.warn(f"resuming a run of {len(saved)} process(es) with {world_size}: the "
+                          "data order, weights, optimizer and schedules continue exactly, but "
+                          "the random draws of the particles (and of random batches) differ "
+                          "from the uninterrupted run's. Resume with the same number of "
+                          "processes to continue bit for bit.", stacklevel=3)
+        if rank < len(saved):
+            restore_rng_state(saved[rank])
+        else:
+            seed = self.settings["seed"]
+            pyro.set_rng_seed(particle_seed(0 if seed is None else seed, rank,
+                                            step=state["step"]))
 
     # -- training ------------------------------------------------------------------------
     def _fail(self, description: str, epoch: int, batch_number: int, *, site=None,
@@ -511,6 +544,8 @@ class _Fit:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
                 return (None, f"batch tensor {position} holds non-finite data "
                         f"({_non_finite_summary(tensor)})"), parameters
+        if not len(batch[0]):
+            return None, parameters
         rng_after = torch.get_rng_state()
         torch.set_rng_state(rng_before_step)
         try:
@@ -519,31 +554,31 @@ class _Fit:
             torch.set_rng_state(rng_after)
         return finding, parameters
 
-    def train_step(self, batch, epoch: int, batch_number: int) -> None:
+    def train_step(self, batch, epoch: int, batch_number: int, global_size: int) -> None:
+        """One optimizer step on ``batch`` (this rank's shard of a global batch of
+        ``global_size`` points; the whole batch in one process)."""
         model, optimizer = self.model, self.optimizer
         beta = beta_schedule(self.beta, self.warmup_steps, self.step)
         self.current_beta = beta
         rng_before = torch.get_rng_state()
         optimizer.zero_grad(set_to_none=True)
-        try:
-            with scale_latent_sites(beta):
-                loss = self.elbo.loss_and_grads(model.model, model.guide, *batch,
-                                                **self.step_kwargs)
-        except ValueError as error:
-            # distribution validation rejects NaN parameters before any loss exists
-            if "found invalid values" not in str(error):
-                raise
-            finding, parameters = self._diagnose(batch, beta, rng_before)
-            if finding is None and not parameters:
-                raise
-            self._fail("a distribution was given NaN parameters" + _found(finding, parameters),
-                       epoch, batch_number, site=finding and finding[0], parameters=parameters,
-                       cause=error)
-            return
-        if not math.isfinite(loss):
-            finding, parameters = self._diagnose(batch, beta, rng_before)
-            self._fail(f"the loss became {loss}" + _found(finding, parameters), epoch,
-                       batch_number, site=finding and finding[0], parameters=parameters)
+        invalid, loss = None, 0.0
+        if len(batch[0]):   # a rank's shard of a small last batch can be empty
+            try:
+                with scale_latent_sites(beta):
+                    loss = self.elbo.loss_and_grads(model.model, model.guide, *batch,
+                                                    **self.step_kwargs)
+            except ValueError as error:
+                # distribution validation rejects NaN parameters before any loss exists
+                if "found invalid values" not in str(error):
+                    raise
+                invalid, loss = error, float("nan")
+        if self.parallel is not None:
+            # the loss and gradient of the global batch, identical on every rank
+            weight = len(batch[0]) / global_size if self.scaled else 1.0
+            loss = self.parallel.combine_gradients(model.parameters(), loss, weight)
+        if invalid is not None or not math.isfinite(loss):
+            self._fail_non_finite(batch, beta, rng_before, loss, invalid, epoch, batch_number)
             return
         params = [p for p in model.parameters() if p.grad is not None]
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
@@ -556,9 +591,37 @@ class _Fit:
         if self.clip_norm is not None:
             torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
         optimizer.step()
-        # a scaled batch loss estimates the full-data sum: weight it by its share B/N
-        self.loss_sum += loss * (len(batch[0]) / self.n if self.scaled else 1.0)
-        self.seen += len(batch[0])
+        # a scaled batch loss estimates the full-data sum: weight it by its share b/N
+        self.loss_sum += loss * (global_size / self.n if self.scaled else 1.0)
+        self.seen += global_size
+
+    def _fail_non_finite(self, batch, beta, rng_before, loss: float, invalid, epoch: int,
+                         batch_number: int) -> None:
+        """A step whose loss is NaN/inf, or whose distributions rejected NaN parameters
+        (``invalid``, this rank's ValueError): diagnose it and skip or raise. In a
+        distributed fit every rank arrives here together (the loss is all-reduced) and
+        takes the same decision with the same message, built from every rank's diagnosis."""
+        finding, parameters = self._diagnose(batch, beta, rng_before)
+        error_text = None if invalid is None else str(invalid)
+        reports = [(self.parallel.rank if self.parallel else 0, finding, parameters, error_text)]
+        if self.parallel is not None:
+            reports = self.parallel.gather(reports[0])
+        failed_rank = next((rank for rank, *_, text in reports if text is not None), None)
+        found = next(((rank, f, p) for rank, f, p, _ in reports if f is not None or p), None)
+        if failed_rank is not None and found is None:
+            # a validation error that no NaN explains: a genuine error, raised on every rank
+            if invalid is not None:
+                raise invalid
+            raise ValueError(f"rank {failed_rank} failed at epoch {epoch}, step "
+                             f"{batch_number}: {reports[failed_rank][3]}")
+        where = ""
+        if found is not None and self.parallel is not None:
+            where = f" (on rank {found[0]})"
+        finding, parameters = (found[1], found[2]) if found is not None else (None, [])
+        what = ("a distribution was given NaN parameters" if failed_rank is not None
+                else f"the loss became {loss}")
+        self._fail(what + _found(finding, parameters) + where, epoch, batch_number,
+                   site=finding and finding[0], parameters=parameters, cause=invalid)
 
     def run_epoch(self, epoch: int, out_of_time: Callable[[], bool]) -> bool:
         """Train the rest of ``epoch``; True when a step crossed the time budget."""
@@ -569,8 +632,12 @@ class _Fit:
         self.current_beta = beta_schedule(self.beta, self.warmup_steps, self.step)
         starts = range(self.batch_in_epoch * self.batch_size, self.n, self.batch_size)
         for batch_number, start in enumerate(starts, self.batch_in_epoch + 1):
-            batch = self.source.get(permutation[start:start + self.batch_size])
-            self.train_step(batch, epoch, batch_number)
+            indices = permutation[start:start + self.batch_size]
+            if self.parallel is not None:
+                batch = self.source.get(self.parallel.shard(indices))
+            else:
+                batch = self.source.get(indices)
+            self.train_step(batch, epoch, batch_number, global_size=len(indices))
             self.step += 1
             self.batch_in_epoch = batch_number
             if out_of_time():
@@ -578,6 +645,28 @@ class _Fit:
                     self.rng_at_stop = capture_rng_state()
                 return True
         return False
+
+    def _monitor_terms(self, rows: Callable[[torch.Tensor], tuple], count: int,
+                       prefix: str) -> dict:
+        """Beta-free ``elbo``, ``recon`` and ``kl`` per datapoint, averaged over ``count``
+        monitor points (``rows(positions)`` fetches some of them). A distributed fit splits
+        the points among the ranks and sums the ranks' totals, so every point weighs the
+        same."""
+        positions = torch.arange(count, device=self.device)
+        if self.parallel is None:
+            terms = elbo_terms(self.model, rows(positions), max_plate_nesting=self.nesting)
+            return {prefix + key: value.mean().item() for key, value in terms.items()}
+        mine = self.parallel.shard(positions)
+        # a rank without points evaluates one (for the names) and contributes nothing
+        terms = elbo_terms(self.model, rows(mine if len(mine) else positions[:1]),
+                           max_plate_nesting=self.nesting)
+        keys = sorted(terms)
+        totals = torch.stack([terms[key].sum(dtype=torch.float64) for key in keys]).cpu()
+        if not len(mine):
+            totals = torch.zeros_like(totals)
+        totals = self.parallel.sum(totals)
+        return {prefix + key: float(total) / count for key, total in zip(
+            keys, totals, strict=True)}
 
     def finish_epoch(self, epoch: int, validation, epoch_start: float) -> dict:
         partial = self.batch_in_epoch < self.steps_per_epoch
@@ -597,10 +686,11 @@ class _Fit:
                 else:
                     self.lr_scheduler.step()
         self.model.eval()
-        monitor = self.source.get(self.monitor_index)
-        record.update(_monitor_terms(self.model, monitor, self.nesting, prefix=""))
+        record.update(self._monitor_terms(lambda at: self.source.get(self.monitor_index[at]),
+                                          len(self.monitor_index), prefix=""))
         if validation is not None:
-            record.update(_monitor_terms(self.model, validation, self.nesting, prefix="val_"))
+            record.update(self._monitor_terms(lambda at: tuple(t[at] for t in validation),
+                                              len(validation[0]), prefix="val_"))
         record["seconds"] = time.perf_counter() - epoch_start
         self.history.append(record)
         return record
@@ -615,7 +705,7 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         schedules: Mapping[str, object] | None = None,
         checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 1,
         resume: Mapping | None = None, nonfinite: str = "raise",
-        max_skipped_steps: int = 10) -> FitResult:
+        max_skipped_steps: int = 10, distributed: bool = False) -> FitResult:
     """Fit ``model`` (anything with Pyro ``model``/``guide`` methods and torch parameters).
 
     ``data`` is a tensor (N, features), a tuple of tensors (model(*batch)) or a batch source;
@@ -650,8 +740,27 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     estimator and each callback that has ``state_dict()`` and ``load_state_dict()`` is saved
     and restored with the fit; a model keeps its own schedule state (e.g. a temperature) in
     buffers, which its ``state_dict`` holds.
+
+    Data parallelism: ``distributed=True`` trains one model with every rank of the
+    initialised default ``torch.distributed`` process group (see
+    :mod:`pyro_vae.inference.data_parallel`; :mod:`pyro_vae.distributed` sets the group up
+    under ``torchrun``). Every rank calls ``fit`` with the same arguments and data;
+    ``batch_size`` is the *global* batch, split among the ranks. Rank 0's initial weights
+    are broadcast; each step the ranks' gradients and losses are combined into those of the
+    global batch (correct minibatch scaling, every estimator) before the non-finite check,
+    clipping and the optimizer step, so the ranks stay identical and skip or raise together.
+    Particle noise is drawn from per-rank seeds; records are reduced over the ranks.
+    Callbacks and ``checkpoint`` run on every rank (the checkpoint state, identical on every
+    rank, holds every rank's random state); write files from rank 0 only.
     """
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    parallel = DataParallel() if distributed else None
     device = resolve_device(device)
+    if parallel is not None and parallel.backend == "nccl" and device.type != "cuda":
+        raise ValueError(f"the process group uses NCCL, which reduces CUDA tensors only, but "
+                         f"device={str(device)!r}; train on the rank's GPU (device='cuda:"
+                         "LOCAL_RANK') or set the group up with backend='gloo'.")
     source = as_source(data)
     n = len(source)
     if n == 0:
@@ -675,7 +784,11 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
             check(first_tensor(validation_data), what="validation data")
         validation_data = validation_data.to(device)
     if seed is not None:
-        pyro.set_rng_seed(seed)
+        pyro.set_rng_seed(seed if parallel is None else particle_seed(seed, parallel.rank))
+    elif parallel is not None and parallel.rank > 0:
+        # unseeded processes start from the same default state: part the other ranks' ways
+        base = int(torch.randint(2 ** 62, (), generator=torch.default_generator))
+        pyro.set_rng_seed(particle_seed(base, parallel.rank))
     model.to(device)
     source = source.to(device)
     order = torch.Generator().manual_seed(0 if seed is None else seed)
@@ -702,13 +815,19 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
                 "beta_warmup_epochs": beta_warmup_epochs, "clip_norm": clip_norm,
                 "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds,
                 "monitor_size": monitor_size, "vectorize_particles": vectorize_particles,
-                "nonfinite": nonfinite, "max_skipped_steps": max_skipped_steps}
+                "nonfinite": nonfinite, "max_skipped_steps": max_skipped_steps,
+                "world_size": 1 if parallel is None else parallel.world_size}
+    if parallel is not None:
+        _check_ranks_agree(parallel, model, source, settings, validation, checkpoint,
+                           checkpoint_every, resume)
+        parallel.broadcast_module(model)
     run = _Fit(model, source, elbo=elbo, optimizer=opt, lr_scheduler=lr_scheduler,
                schedules=schedules, settings=settings, monitor_index=monitor_index,
                order=order, nesting=nesting, batch_size=batch_size, beta=beta,
                warmup_steps=int(round(beta_warmup_epochs * math.ceil(n / batch_size))),
                clip_norm=clip_norm, scaled=scaled,
-               nonfinite=nonfinite, max_skipped_steps=max_skipped_steps, device=device)
+               nonfinite=nonfinite, max_skipped_steps=max_skipped_steps, device=device,
+               parallel=parallel)
     if resume is not None:
         run.check_compatible(resume)
         if resume["epoch"] > epochs:
@@ -724,11 +843,14 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     started = time.perf_counter() - run.seconds
 
     def out_of_time() -> bool:
-        return max_seconds is not None and time.perf_counter() - started > max_seconds
+        if max_seconds is None:
+            return False
+        late = time.perf_counter() - started > max_seconds
+        return late if parallel is None else parallel.any(late)   # every rank stops together
 
     first = run.epoch + 1
-    bar = tqdm(range(first, epochs + 1), disable=quiet, desc=f"fit {spec}", unit="epoch",
-               initial=first - 1, total=epochs)
+    bar = tqdm(range(first, epochs + 1), disable=quiet or bool(parallel and parallel.rank),
+               desc=f"fit {spec}", unit="epoch", initial=first - 1, total=epochs)
     for epoch in bar:
         epoch_start = time.perf_counter()
         ran_out_of_time = run.run_epoch(epoch, out_of_time)
@@ -748,6 +870,28 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     return result
 
 
+def _check_ranks_agree(parallel: DataParallel, model, source, settings: dict, validation,
+                       checkpoint, checkpoint_every: int, resume) -> None:
+    """Raise on every rank unless all ranks run the same fit: ranks that differ in settings,
+    data, model, validation data, checkpointing or the state they resume from would train
+    different models or wait forever for each other."""
+    resumed = None
+    if isinstance(resume, Mapping) and isinstance(resume.get("model"), Mapping):
+        weights = sum(float(t.sum(dtype=torch.float64)) for t in resume["model"].values()
+                      if isinstance(t, torch.Tensor) and t.is_floating_point())
+        resumed = (resume.get("epoch"), resume.get("step"), f"{weights:.10g}")
+    parallel.check_same({
+        **{key: value for key, value in settings.items() if key != "device"},
+        # to 10 digits: GPUs of different kinds may sum the same data in another order
+        "data": {key: f"{value:.10g}" if isinstance(value, float) else value
+                 for key, value in _data_fingerprint(source).items()},
+        "parameters": [(name, tuple(p.shape)) for name, p in model.named_parameters()],
+        "validation points": None if validation is None else len(validation[0]),
+        "checkpoint hook": checkpoint is not None, "checkpoint_every": checkpoint_every,
+        "resume (epoch, step, weight sum)": resumed,
+    }, "the fit")
+
+
 def _hand_over(run: _Fit, checkpoint: Callable[[dict], None], epoch: int) -> None:
     """Give the checkpoint hook the current state, unless it holds non-finite values."""
     state = run.state_dict()
@@ -760,8 +904,3 @@ def _hand_over(run: _Fit, checkpoint: Callable[[dict], None], epoch: int) -> Non
             parameters=[name.removeprefix("model.") for name in bad
                         if name.startswith("model.")])
     checkpoint(state)
-
-
-def _monitor_terms(model, batch: tuple, nesting: int, prefix: str) -> dict:
-    terms = elbo_terms(model, batch, max_plate_nesting=nesting)
-    return {prefix + key: value.mean().item() for key, value in terms.items()}

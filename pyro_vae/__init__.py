@@ -9,7 +9,7 @@ The public API in one place::
     print(pv.evaluate(model, data.test, num_samples=1000).summary())
 """
 
-from pyro_vae import inference, models
+from pyro_vae import distributed, inference, models
 from pyro_vae.anomaly import AnomalyResult, run_anomaly_study
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
@@ -60,7 +60,7 @@ __all__ = [
     "NonFiniteLossError", "ResumeError", "save_model", "load_model", "CheckpointError",
     "save_checkpoint", "load_checkpoint",
     "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
-    "psis_khat", "to_inference_data", "save_inference_data",
+    "psis_khat", "to_inference_data", "save_inference_data", "distributed",
     "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
     "open_run", "load_data", "build_model",
     # holes, posterior collapse, conditional VAE, anomaly scores

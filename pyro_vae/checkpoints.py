@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from pyro_vae import distributed as distributed_setup
 from pyro_vae.inference import training
 from pyro_vae.inference.training import (
     STATE_FORMAT,
@@ -90,7 +91,8 @@ def load_checkpoint(location: str | os.PathLike) -> dict:
 
 
 def fit(model, data, *, checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 1, resume=None, **options) -> FitResult:
+        checkpoint_every: int = 1, resume=None, distributed: bool = False,
+        **options) -> FitResult:
     """:func:`pyro_vae.inference.fit` with checkpoints on disk (all its arguments apply).
 
     ``checkpoint_dir=RUN`` writes ``RUN/checkpoint.pt`` every ``checkpoint_every`` epochs
@@ -100,32 +102,61 @@ def fit(model, data, *, checkpoint_dir: str | os.PathLike | None = None,
     interrupted run (``epochs`` may grow); the result is bit-identical on CPU to the run
     done in one go. A fresh fit never overwrites an existing checkpoint: pass ``resume=`` or
     choose another ``checkpoint_dir``.
+
+    ``distributed=True`` (every process launched by torchrun runs the same call) joins the
+    process group (:func:`pyro_vae.distributed.init_distributed`; ``device='auto'`` or
+    ``'cuda'`` means each process's own GPU) and trains one model with all processes.
+    Only rank 0 touches the files: it checks and reads the checkpoint to resume from and
+    sends it to the other ranks, and writes every checkpoint; a failure there is raised on
+    every rank.
     """
+    share = _local_call
+    if distributed is True:
+        context = distributed_setup.init_distributed(device=options.get("device", "cpu"))
+        options["device"] = context.device
+        share = distributed_setup.on_rank_zero
+    elif distributed is not False:
+        raise TypeError(f"distributed must be True or False; got {distributed!r}")
     resumed_path, state = None, resume
     if resume is not None and not isinstance(resume, Mapping):
-        resumed_path = checkpoint_path(resume)
-        state = load_checkpoint(resumed_path)
-    target = None
+        resumed_path = Path(resume)
+        resumed_path, state = share(_read_resume_state, resumed_path)
     if checkpoint_dir is not None or resumed_path is not None:
         if options.get("checkpoint") is not None:
             raise ValueError("pass either checkpoint_dir (files written for you) or a "
                              "checkpoint callable, not both")
-        if checkpoint_dir is None:
-            target = resumed_path
-        else:
-            if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
-                raise NotADirectoryError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; "
-                                         "pass a directory (it is created if missing).")
-            target = Path(checkpoint_dir) / CHECKPOINT_FILE
-        _refuse_to_overwrite(target, resumed_path)
-        options["checkpoint"] = lambda training_state: save_checkpoint(training_state, target)
+        target = share(_checkpoint_target, checkpoint_dir, resumed_path)
+        options["checkpoint"] = lambda training_state: share(save_checkpoint, training_state,
+                                                             target)
     try:
         return training.fit(model, data, checkpoint_every=checkpoint_every, resume=state,
-                            **options)
+                            distributed=distributed, **options)
     except ResumeError as error:
         if resumed_path is None:
             raise
         raise CheckpointError(f"cannot resume from {str(resumed_path)!r}: {error}") from None
+
+
+def _local_call(fn, *args):
+    return fn(*args)
+
+
+def _read_resume_state(location: Path) -> tuple[Path, dict]:
+    path = checkpoint_path(location)
+    return path, load_checkpoint(path)
+
+
+def _checkpoint_target(checkpoint_dir, resumed_path: Path | None) -> Path:
+    """The file this fit writes its checkpoints to, refusing to replace another run's."""
+    if checkpoint_dir is None:
+        target = resumed_path
+    else:
+        if Path(checkpoint_dir).exists() and not Path(checkpoint_dir).is_dir():
+            raise NotADirectoryError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; "
+                                     "pass a directory (it is created if missing).")
+        target = Path(checkpoint_dir) / CHECKPOINT_FILE
+    _refuse_to_overwrite(target, resumed_path)
+    return target
 
 
 def _refuse_to_overwrite(target: Path, resumed_path: Path | None) -> None:

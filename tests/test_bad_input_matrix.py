@@ -19,6 +19,8 @@ import pyro_vae as pv
 
 SETTINGS = dict(epochs=1, batch_size=40, lr=3e-3, seed=0, quiet=True)
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
+NOT_UNDER_TORCHRUN = pytest.mark.skipif(pv.distributed.launched_by_torchrun(),
+                                        reason="these tests run under torchrun")
 
 
 class Workspace:
@@ -181,6 +183,11 @@ MATRIX = [
         (NO_CUDA,)),
     Row("fit", "unknown device", lambda ws: fit(ws, device="gpu"),
         ValueError, r"device must be 'cpu', 'cuda', 'cuda:N' or 'auto'; got 'gpu'"),
+    Row("fit", "distributed=True outside torchrun", lambda ws: fit(ws, distributed=True),
+        RuntimeError, r"variables that torchrun sets, but \[.*\] are not set\. Launch every "
+        r"process with torchrun", (NOT_UNDER_TORCHRUN,)),
+    Row("fit", "distributed given as a string", lambda ws: fit(ws, distributed="yes"),
+        TypeError, r"distributed must be True or False; got 'yes'"),
     # -- fit: checkpoints and resume -----------------------------------------------------
     Row("fit", "fresh fit into a run that holds a checkpoint",
         lambda ws: fit(ws, checkpoint_dir=ws.run),
