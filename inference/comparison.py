@@ -28,7 +28,7 @@ import pyro
 import torch
 
 from pyro_vae.inference.batching import TensorSource, as_source, first_tensor
-from pyro_vae.inference.diagnostics import psis_khat
+from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES, psis_khat
 from pyro_vae.inference.estimators import parse_estimator
 from pyro_vae.inference.evaluation import evaluate
 from pyro_vae.inference.training import fit, resolve_device
@@ -312,6 +312,10 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
     fit_epochs = _check_budget(epochs, max_seconds)
     if isinstance(eval_samples, bool) or not isinstance(eval_samples, int) or eval_samples < 1:
         raise ValueError(f"eval_samples must be a positive integer; got {eval_samples!r}")
+    if khat_samples and (isinstance(khat_samples, bool) or not isinstance(khat_samples, int)
+                         or khat_samples < MIN_KHAT_SAMPLES):
+        raise ValueError(f"khat_samples must be None (no k-hat) or an integer >= "
+                         f"{MIN_KHAT_SAMPLES} (1000 or more is advisable); got {khat_samples!r}")
     fit_options = dict(fit_options or {})
     clash = sorted(set(fit_options) & {"estimator", "epochs", "max_seconds", "seed", "device",
                                         "batch_size", "lr", "optimizer", "validation_data",

@@ -272,14 +272,8 @@ class HolesStudyResult:
     def save(self, out_dir: str | os.PathLike) -> dict[str, Path]:
         """Write ``holes_study.md``, ``holes_study.json`` and ``holes_figure.png`` into
         ``out_dir``; existing files are never overwritten (FileExistsError)."""
-        out_dir = Path(out_dir)
-        targets = {"markdown": out_dir / "holes_study.md", "json": out_dir / "holes_study.json",
-                   "figure": out_dir / "holes_figure.png"}
-        existing = [str(p) for p in targets.values() if p.exists()]
-        if existing:
-            raise FileExistsError(f"refusing to overwrite {existing}; choose another out_dir "
-                                  "or move the old results away")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        targets = holes_study_files(out_dir)
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
         payload = {"dataset": self.dataset, "settings": self.settings, "table": self.table,
                    "runs": self.runs, "sweep": self.sweep, "kl_check": self.kl_check,
                    "metric_check": self.metric_check, "trend": self.trend()}
@@ -292,6 +286,18 @@ class HolesStudyResult:
             self.figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
             atomic_write(targets["figure"], buffer.getvalue())
         return targets
+
+
+def holes_study_files(out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Where a study saves into ``out_dir``; FileExistsError if any of them exists."""
+    out_dir = Path(out_dir)
+    targets = {"markdown": out_dir / "holes_study.md", "json": out_dir / "holes_study.json",
+               "figure": out_dir / "holes_figure.png"}
+    existing = [str(p) for p in targets.values() if p.exists()]
+    if existing:
+        raise FileExistsError(f"refusing to overwrite {existing}; choose another out_dir "
+                              "or move the old results away")
+    return targets
 
 
 def _mean_sd(mean: float, sd: float) -> str:
@@ -370,6 +376,8 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
     JSON and figure there (never overwriting). Data passed as a name is loaded with
     ``binarize=True`` for digits/MNIST unless ``dataset_options`` says otherwise.
     """
+    if out_dir is not None:
+        holes_study_files(out_dir)   # refuse before hours of training, not after
     dataset = as_dataset(dataset, dataset_options)
     seeds = [int(s) for s in seeds]
     if not seeds:

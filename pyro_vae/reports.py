@@ -157,7 +157,8 @@ def _refuse_existing(paths, overwrite: bool) -> None:
     existing = [str(p) for p in paths if Path(p).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"these outputs already exist: {existing}; choose another "
-                              "directory or pass overwrite=True (nothing was written)")
+                              "directory or pass overwrite=True (--overwrite on the command "
+                              "line); nothing was written")
 
 
 def comparison_files(directory: str | os.PathLike, figures: bool = True) -> dict[str, Path]:
@@ -248,10 +249,11 @@ def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=Non
     """Load the data, compare the estimators, and write everything into ``directory``.
 
     ``config`` holds any of :data:`COMPARISON_DEFAULTS` (unknown keys are an error; a
-    budget is required). ``dataset`` (a :class:`pyro_vae.Dataset`) replaces loading by
-    name. Writes ``config.json``, the files of :func:`save_comparison` and, with
-    ``save_models``, one model file per run. Existing outputs are an error unless
-    ``overwrite``; the check happens before any training.
+    budget is required); its ``model`` is a dict of VAE keyword arguments or a factory
+    ``seed -> model`` (e.g. :class:`pyro_vae.runs.ModelFactory`). ``dataset`` (a
+    :class:`pyro_vae.Dataset`) replaces loading by name. Writes ``config.json``, the files
+    of :func:`save_comparison` and, with ``save_models``, one model file per run. Existing
+    outputs are an error unless ``overwrite``; the check happens before any training.
     """
     from pyro_vae.data import load_dataset
     from pyro_vae.io import save_model
@@ -268,11 +270,15 @@ def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=Non
 
     data = dataset if dataset is not None else load_dataset(settings["dataset"],
                                                            **settings["dataset_options"])
-    model_options = dict(settings["model"])
-    model_options.setdefault("likelihood", getattr(data, "suggested_likelihood", "bernoulli"))
+    model = settings["model"]
+    if isinstance(model, Mapping):
+        model = dict(model)
+        model.setdefault("likelihood", getattr(data, "suggested_likelihood", "bernoulli"))
+    else:   # a factory seed -> model; config.json records its configuration if it has one
+        settings["model"] = getattr(model, "config", None) or repr(model)
     test = first_points(data.test, settings["test_points"])
     result = compare(
-        model_options, data.train, test, settings["estimators"], seeds=settings["seeds"],
+        model, data.train, test, settings["estimators"], seeds=settings["seeds"],
         epochs=settings["epochs"], max_seconds=settings["max_seconds"],
         batch_size=settings["batch_size"], lr=settings["lr"], optimizer=settings["optimizer"],
         validation_data=data.validation if settings["validation"] else None,

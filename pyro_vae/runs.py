@@ -6,6 +6,7 @@ A run directory holds::
     history.csv     one row per epoch: loss, elbo, recon, kl (train and val_*), beta, seconds
     metrics.json    {"run": ..., "training": last epoch, "test": evaluation, ...}
     model.pt        weights + model configuration (pyro_vae.load_model)
+    checkpoint.pt   the training state every checkpoint_every epochs (pyro-vae train --resume)
     figures/        PNG figures (pyro_vae.plots.standard_figures)
 
 Every file is written atomically; an existing non-empty directory is never overwritten
@@ -29,9 +30,11 @@ from pathlib import Path
 import pyro
 import torch
 
+from pyro_vae import distributed as distributed_setup
+from pyro_vae.checkpoints import CHECKPOINT_FILE, fit
 from pyro_vae.config import ConfigError, read_config_file, resolve_config, to_toml
 from pyro_vae.data import Dataset, is_array_path, load_dataset, loader_options
-from pyro_vae.inference import evaluate, fit, resolve_device
+from pyro_vae.inference import evaluate, resolve_device
 from pyro_vae.inference.batching import as_source, first_tensor
 from pyro_vae.io import atomic_write_text, load_model, save_model
 from pyro_vae.models import VAE
@@ -39,7 +42,8 @@ from pyro_vae.models import VAE
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE = "config.toml", "history.csv", "metrics.json"
 MODEL_FILE, FIGURES_DIR = "model.pt", "figures"
 #: files (globs) a run writes, removed when a run is overwritten
-RUN_ARTIFACTS = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, "samples-*.npz",
+RUN_ARTIFACTS = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT_FILE,
+                 "samples-*.npz",
                  "reconstructions-*.npz", f"{FIGURES_DIR}/*.png")
 
 #: dataset name -> binarisation used by ``binarize = "auto"``
@@ -124,6 +128,19 @@ def build_model(config: Mapping, dataset: Dataset) -> torch.nn.Module:
     return MODEL_BUILDERS[config["model"]](config, dataset)
 
 
+@dataclass
+class ModelFactory:
+    """``seed -> fresh model`` for :func:`pyro_vae.compare`: the model a (partial)
+    configuration describes, sized for ``dataset`` (the caller seeds the initialisation);
+    ``config`` is what a comparison records."""
+
+    config: dict
+    dataset: Dataset
+
+    def __call__(self, seed: int) -> torch.nn.Module:
+        return build_model(resolve_config(self.config), self.dataset)
+
+
 # ---- files ----------------------------------------------------------------------------------
 
 def write_config(path: str | Path, config: Mapping) -> Path:
@@ -200,11 +217,11 @@ def update_metrics(path: str | Path, updates: Mapping) -> dict:
 
 # ---- run directories ------------------------------------------------------------------------
 
-def default_run_dir(config: Mapping, root: str | Path = "runs") -> Path:
-    """``runs/<dataset>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if taken."""
+def default_run_dir(config: Mapping, root: str | Path = "runs", prefix: str = "") -> Path:
+    """``runs/<prefix><dataset>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if taken."""
     stem = Path(config["dataset"]).stem if is_array_path(config["dataset"]) else config[
         "dataset"]
-    base = Path(root) / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    base = Path(root) / f"{prefix}{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
     path, number = base, 1
     while path.exists():
         number += 1
@@ -305,17 +322,50 @@ def write_figures(model, dataset: Dataset, history, directory: str | Path, seed:
     return save_figures(standard_figures(model, dataset, history, seed=seed), directory)
 
 
+#: options a resumed run may change (everything else must stay as the run was configured)
+RESUME_OVERRIDABLE = ("epochs", "max_seconds", "device", "eval_samples", "figures",
+                      "checkpoint_every")
+
+
 def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
-              overwrite: bool = False, quiet: bool = False) -> Run:
+              overwrite: bool = False, quiet: bool = False, resume: str | Path | None = None,
+              distributed: bool = False) -> Run:
     """Fit the model a configuration describes and write a run directory (the job behind
     ``pyro-vae train``). ``config`` may be partial; missing options take their defaults.
 
     Everything that can be checked before training (options, data, likelihood support,
-    batch size, the directory) is checked before anything is written.
+    batch size, the directory) is checked before anything is written. The fit writes
+    ``RUN/checkpoint.pt`` every ``checkpoint_every`` epochs and at the end.
+
+    ``resume=RUN`` continues the run in ``RUN`` from its checkpoint (``config`` may then
+    change only :data:`RESUME_OVERRIDABLE`, e.g. more ``epochs``); on the CPU the result is
+    bit-identical to the run done in one go. A resume that fails before its first epoch
+    leaves the run directory as it was.
+
+    ``distributed=True`` (every process that torchrun starts makes the same call) trains
+    with all processes (:func:`pyro_vae.fit`); only rank 0 writes the run directory,
+    evaluates and draws the figures; the other ranks return once training is done.
     """
-    config = resolve_config(config)
-    device = resolve_device(config["device"])
+    if not isinstance(distributed, bool):
+        raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    share = _call_here
+    if distributed:
+        if not distributed_setup.launched_by_torchrun():
+            raise ConfigError(
+                "--distributed needs the processes that torchrun starts (the variables "
+                f"{', '.join(distributed_setup.TORCHRUN_VARIABLES)} are not all set); launch "
+                "with `torchrun --standalone --nproc_per_node=2 -m pyro_vae train "
+                "--distributed ...`, or train without --distributed")
+        distributed_setup.init_distributed(device=resolve_config(config)["device"])
+        share = distributed_setup.on_rank_zero
+    if resume is not None:
+        path, config = share(_resumed_config, resume, config or {})
+    else:
+        config = resolve_config(config)
+    is_writer = distributed_setup.is_rank_zero()
+    device = resolve_device(config["device"]) if not distributed else None
     dataset = load_data(config)
+    pyro.set_rng_seed(config["seed"])   # the initial weights too are the seed's
     model = build_model(config, dataset)
     check = getattr(model, "check_data", None)
     if callable(check):
@@ -324,37 +374,48 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     if config["batch_size"] > n_train:
         raise ConfigError(f"batch_size {config['batch_size']} exceeds the {n_train} training "
                           f"points of {dataset.name!r}; use batch_size <= {n_train}")
-    path = prepare_run_dir(out if out is not None else default_run_dir(config), overwrite)
-    write_config(path / CONFIG_FILE, config)
+    if resume is None:
+        path = share(_start_run_dir, out if out is not None else default_run_dir(config),
+                     overwrite, config, dataset, model, device)
     run = Run(path, dict(config), {})
-    run.update_metrics({"run": {
-        "status": "training", "started": now(), "dataset": dataset.describe(),
-        "likelihood": resolve_likelihood(config, dataset), "device": str(device),
-        "num_parameters": sum(p.numel() for p in model.parameters()),
-        "versions": {"pyro_vae": _version(), "pyro": pyro.__version__,
-                     "torch": torch.__version__}}})
     records: list[dict] = []
+    resumed_rows = Run(path, config, {}).history() if resume is not None and is_writer else []
 
     def record_epoch(record: dict) -> None:
+        if not is_writer:
+            return
+        if not records and resume is not None:   # keep the epochs before the checkpoint's
+            records.extend(row for row in resumed_rows if row["epoch"] < record["epoch"])
+            write_config(path / CONFIG_FILE, config)
+            run.update_metrics({"run": {"status": "training", "resumed": now()}})
         records.append(record)
         write_history(path / HISTORY_FILE, records)
 
     try:
-        result = fit(model, dataset.train, estimator=config["estimator"],
-                     epochs=config["epochs"], batch_size=config["batch_size"], lr=config["lr"],
-                     optimizer=config["optimizer"], seed=config["seed"], device=device,
-                     beta=config["beta"], beta_warmup_epochs=config["beta_warmup_epochs"],
-                     clip_norm=config["clip_norm"] or None,
-                     max_seconds=config["max_seconds"] or None,
-                     validation_data=dataset.validation, quiet=quiet, callbacks=[record_epoch])
+        result = fit(
+            model, dataset.train, estimator=config["estimator"], epochs=config["epochs"],
+            batch_size=config["batch_size"], lr=config["lr"], optimizer=config["optimizer"],
+            seed=config["seed"], device=config["device"] if distributed else device,
+            beta=config["beta"], beta_warmup_epochs=config["beta_warmup_epochs"],
+            clip_norm=config["clip_norm"] or None, max_seconds=config["max_seconds"] or None,
+            validation_data=dataset.validation, quiet=quiet, callbacks=[record_epoch],
+            checkpoint_dir=None if resume is not None else path,
+            checkpoint_every=config["checkpoint_every"], resume=path if resume else None,
+            distributed=distributed)
     except BaseException as error:
-        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        run.update_metrics({"run": {"status": status, "finished": now(),
-                                    "error": f"{type(error).__name__}: {error}"}})
+        if is_writer and (resume is None or records):
+            status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+            run.update_metrics({"run": {"status": status, "finished": now(),
+                                        "error": f"{type(error).__name__}: {error}"}})
         raise
+    if not is_writer:
+        return run
+    device = next(model.parameters()).device
+    write_history(path / HISTORY_FILE, result.history)
     save_model(model, path / MODEL_FILE)
     run.update_metrics({"run": {"status": "evaluating", "training_seconds": round(
-        result.seconds, 2)}, "training": {**result.settings, **result.final}})
+        result.seconds, 2), "processes": result.settings.get("world_size", 1)},
+        "training": {**result.settings, **result.final}})
     test = evaluate_split(model, dataset, "test", config["eval_samples"], config["seed"],
                           device)
     run.update_metrics({"test": test})
@@ -362,6 +423,46 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
         write_figures(model, dataset, result, path / FIGURES_DIR, config["seed"])
     run.update_metrics({"run": {"status": "complete", "finished": now()}})
     return run
+
+
+def _call_here(fn, *args):
+    return fn(*args)
+
+
+def _start_run_dir(out, overwrite: bool, config: dict, dataset: Dataset, model,
+                   device) -> Path:
+    """Create the run directory of a new run and write its configuration and metadata."""
+    path = prepare_run_dir(out, overwrite)
+    write_config(path / CONFIG_FILE, config)
+    update_metrics(path / METRICS_FILE, {"run": {
+        "status": "training", "started": now(), "dataset": dataset.describe(),
+        "likelihood": resolve_likelihood(config, dataset),
+        "device": str(device or config["device"]),
+        "num_parameters": sum(p.numel() for p in model.parameters()),
+        "versions": {"pyro_vae": _version(), "pyro": pyro.__version__,
+                     "torch": torch.__version__}}})
+    return path
+
+
+def _resumed_config(run_dir, requested: Mapping) -> tuple[Path, dict]:
+    """The run directory to resume and its configuration, with the changes ``requested``
+    may make (:data:`RESUME_OVERRIDABLE`); any other difference is a :class:`ConfigError`."""
+    run = open_run(run_dir)
+    if not (run.path / CHECKPOINT_FILE).is_file():
+        raise RunDirectoryError(
+            f"{str(run.path)!r} has no {CHECKPOINT_FILE} to resume from (runs write one every "
+            "checkpoint_every epochs and at the end); start a new run with --out instead")
+    requested = resolve_config(run.config, requested)
+    changed = sorted(name for name in requested if requested[name] != run.config[name]
+                     and name not in RESUME_OVERRIDABLE)
+    if changed:
+        raise ConfigError(
+            f"--resume continues {str(run.path)!r} as it was configured, but these options "
+            f"differ from its config.toml: "
+            + ", ".join(f"{n}={requested[n]!r} (run: {run.config[n]!r})" for n in changed)
+            + f". Only {', '.join(RESUME_OVERRIDABLE)} may change; drop the others, or start "
+            "a new run with --out")
+    return run.path, requested
 
 
 def _version() -> str:

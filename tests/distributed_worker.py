@@ -344,12 +344,18 @@ def scenario_refused_overwrite(out: Path) -> dict:
 
 
 def scenario_entry_point(out: Path) -> dict:
-    """``torchrun -m pyro_vae.distributed`` (its main, inside this process group)."""
-    from pyro_vae.distributed.__main__ import main
+    """``torchrun -m pyro_vae train --distributed`` (its main, inside this process group):
+    two epochs, then ``--resume`` to three."""
+    from pyro_vae.cli import main
 
-    code = main(["--epochs", "2", "--hidden", "32", "--z-dim", "4", "--batch-size", "256",
-                 "--run-dir", str(out / "entry_point")])
-    return {"code": code}
+    run = str(out / "entry_point")
+    fast = ["--hidden", "32", "--z-dim", "4", "--batch-size", "256", "--eval-samples", "10",
+            "--device", "cpu", "--quiet", "--no-figures", "--checkpoint-every", "1"]
+    code = main(["train", "--distributed", "--epochs", "2", *fast, "--out", run])
+    pv.distributed.barrier()   # rank 0 evaluates before the resume reads its run
+    resumed = main(["train", "--distributed", "--resume", run, "--epochs", "3", "--quiet"])
+    pv.distributed.barrier()
+    return {"code": code, "resumed": resumed}
 
 
 def scenario_equivalence(out: Path) -> dict:

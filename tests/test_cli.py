@@ -8,6 +8,7 @@ import sys
 import matplotlib.image
 import numpy as np
 import pytest
+import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main
@@ -174,3 +175,119 @@ def test_failed_training_is_recorded_and_reported(tmp_path, capsys, monkeypatch)
     assert len(pyro_vae.runs.read_history(out / "history.csv")) == 1
     assert main(["evaluate", str(out)]) == 2
     assert "has no model.pt (status: failed)" in capsys.readouterr().err
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
+
+
+def test_train_resume_continues_bit_for_bit(tmp_path, capsys):
+    """Two epochs, then --resume to four, ends with the weights and the history of four
+    epochs in one go; the run directory says it was resumed."""
+    common = [*FAST[2:], "--z-dim", "2", "--no-figures", "--checkpoint-every", "1"]
+    interrupted, whole = tmp_path / "interrupted", tmp_path / "whole"
+    assert main(["train", "--epochs", "2", *common, "--out", str(interrupted)]) == 0
+    assert main(["train", "--resume", str(interrupted), "--epochs", "4", "--quiet"]) == 0
+    assert main(["train", "--epochs", "4", *common, "--out", str(whole)]) == 0
+    resumed, straight = pv.load_model(interrupted / "model.pt"), pv.load_model(whole / "model.pt")
+    for (name, a), (_, b) in zip(resumed.state_dict().items(), straight.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    rows = pv.open_run(interrupted).history()
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert [r["loss"] for r in rows] == [r["loss"] for r in pv.open_run(whole).history()]
+    assert tomllib.loads((interrupted / "config.toml").read_text())["epochs"] == 4
+    metrics = json.loads((interrupted / "metrics.json").read_text())
+    assert metrics["run"]["status"] == "complete" and "resumed" in metrics["run"]
+    assert metrics["training"]["epoch"] == 4
+
+
+def test_a_refused_resume_changes_nothing(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *FAST, "--z-dim", "2", "--no-figures", "--out", str(run)]) == 0
+    before = _snapshot(run)
+    refusals = [
+        (["--resume", str(run), "--z-dim", "5"], "z_dim=5 (run: 2)"),
+        (["--resume", str(run), "--epochs", "1"], "already completed 2 epochs but epochs=1"),
+        (["--resume", str(run), "--out", str(tmp_path / "elsewhere")], "drop --out"),
+        (["--resume", str(tmp_path / "missing")], "does not exist"),
+        (["--distributed", *FAST, "--out", str(tmp_path / "never")], "launch with `torchrun"),
+    ]
+    for argv, message in refusals:
+        assert main(["train", *argv]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pyro-vae: error: ") and "\n" not in err and message in err, err
+    assert _snapshot(run) == before
+    assert not (tmp_path / "never").exists() and not (tmp_path / "elsewhere").exists()
+    (run / "checkpoint.pt").unlink()
+    assert main(["train", "--resume", str(run)]) == 2
+    assert "has no checkpoint.pt to resume from" in capsys.readouterr().err
+
+
+def test_compare_command_writes_the_table_and_never_overwrites(tmp_path, capsys):
+    """`pyro-vae compare`: config file + flags (flags win), one row per estimator, every
+    output written; a second run into the same directory is refused and changes nothing."""
+    config = tmp_path / "compare.toml"
+    config.write_text('estimators = ["elbo", "meanfield"]\nseeds = [0]\nepochs = 5\n'
+                      'z_dim = 2\nhidden = [16]\n')
+    out = tmp_path / "cmp"
+    argv = ["compare", "--config", str(config), "--estimators", "elbo", "iwae:k=3",
+            "--epochs", "1", "--test-points", "40", "--eval-samples", "10",
+            "--khat-points", "20", "--khat-samples", "50", "--device", "cpu", "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| elbo |" in printed and "| iwae:k=3 |" in printed and "meanfield" not in printed
+    assert {p.name for p in out.iterdir()} == {
+        "config.json", "summary.csv", "runs.csv", "curves.csv", "comparison.json",
+        "comparison.md", "curves.png", "khat.png"}
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["epochs"] == 1 and recorded["seeds"] == [0]
+    assert recorded["model"]["z_dim"] == 2 and recorded["model"]["hidden"] == [16]
+    assert "epochs" not in recorded["model"]          # the comparison's own setting
+    with open(out / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert [r["estimator"] for r in runs] == ["elbo", "iwae:k=3"]
+    assert len({r["initial_digest"] for r in runs}) == 1   # one start for both
+    before = _snapshot(out)
+    assert main(argv) == 2
+    assert "already exist" in capsys.readouterr().err
+    assert _snapshot(out) == before
+
+
+def test_compare_command_mistakes(tmp_path, capsys):
+    (tmp_path / "bad.toml").write_text("colour = 'red'\n")
+    for argv, message in [
+            (["compare"], "needs a budget"),
+            (["compare", "--epochs", "1", "--estimators", "iwea:k=5"], "unknown estimator"),
+            (["compare", "--epochs", "1", "--seeds", "1,1"], "must be distinct"),
+            (["compare", "--epochs", "0"], "expected a positive integer"),
+            (["compare", "--epochs", "1", "--khat-samples", "20"], "at least 50"),
+            (["compare", "--epochs", "1", "--config", str(tmp_path / "bad.toml")],
+             "unknown keys ['colour']"),
+            (["compare", "--epochs", "1", "--prior", "nope"], "unknown prior 'nope'")]:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("pyro-vae: error: ") and "\n" not in err and message in err, err
+
+
+def test_holes_command_runs_the_study(tmp_path, capsys):
+    out = tmp_path / "holes"
+    argv = ["holes", "--dataset", "gw", "--betas", "0,1", "--seeds", "0", "--epochs", "2",
+            "--hidden", "16", "--sweep-betas", "none", "--num-draws", "100", "--quiet",
+            "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "## Holes study: gw" in printed and "| AE |" in printed and "| beta=1 |" in printed
+    assert {p.name for p in out.iterdir()} == {"holes_study.md", "holes_study.json",
+                                              "holes_figure.png"}
+    study = json.loads((out / "holes_study.json").read_text())
+    assert [row["model"] for row in study["table"]] == ["AE", "beta=0", "beta=1"]
+    assert study["settings"]["z_dim"] == 2 and study["settings"]["epochs"] == 2
+    before = _snapshot(out)
+    assert main(argv) == 2                  # refused before any training
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert _snapshot(out) == before
+    assert main(["holes", "--betas", "1,-4"]) == 2
+    assert "numbers >= 0" in capsys.readouterr().err

@@ -168,14 +168,19 @@ def test_a_file_error_on_rank_zero_is_raised_on_every_rank(ranks):
     assert "already holds a checkpoint of another run" in errors[0]
 
 
-def test_the_entry_point_trains_and_only_rank_zero_writes(ranks):
-    """``torchrun -m pyro_vae.distributed``: one log line per epoch (not one per rank), a
-    checkpoint and a loadable model."""
-    assert ranks[0]["entry_point"]["code"] == ranks[1]["entry_point"]["code"] == 0
+def test_the_command_line_trains_resumes_and_only_rank_zero_writes(ranks):
+    """``torchrun -m pyro_vae train --distributed``, then ``--resume``: one history row per
+    epoch (not one per rank), a complete run directory, and the model is the checkpoint's."""
+    for rank in ranks[:2]:
+        assert rank["entry_point"] == {"code": 0, "resumed": 0}
     run = ranks[2] / "entry_point"
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "log.jsonl", "model.pt"]
-    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["processes"]) for r in lines] == [(1, 2), (2, 2)]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt", "config.toml", "figures", "history.csv", "metrics.json", "model.pt"]
+    history = pv.open_run(run).history()
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["status"] == "complete" and metrics["run"]["processes"] == 2
+    assert metrics["training"]["world_size"] == 2 and metrics["training"]["epoch"] == 3
     model = pv.load_model(run / "model.pt")
     assert torch.equal(worker.flat_parameters(model), worker.flat_parameters(
         pv.load_model(run / "checkpoint.pt")))
@@ -220,20 +225,3 @@ def test_rank_zero_helpers_without_a_process_group():
     assert pv.distributed.rank_zero_only(calls.append)(1) is None and calls == [1]
     assert pv.distributed.on_rank_zero(lambda a, b: a + b, 2, 3) == 5
     assert pv.distributed.get_rank() == 0 and pv.distributed.get_world_size() == 1
-
-
-def test_the_entry_point_runs_as_one_process_and_resumes(tmp_path, monkeypatch, capsys):
-    for name in pv.distributed.TORCHRUN_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
-    from pyro_vae.distributed.__main__ import main
-
-    run = tmp_path / "run"
-    common = ["--hidden", "16", "--z-dim", "2", "--batch-size", "256", "--run-dir", str(run)]
-    assert main(["--epochs", "1", *common]) == 0
-    assert main(["--epochs", "2", "--resume", *common]) == 0
-    lines = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [(r["epoch"], r["processes"]) for r in lines] == [(1, 1), (2, 1)]
-    assert pv.load_checkpoint(run)["epoch"] == 2
-    assert "epoch   2" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["--resume"])   # nothing to resume without --run-dir

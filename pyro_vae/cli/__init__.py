@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyro_vae.cli import evaluate, reconstruct, sample, train
+from pyro_vae.cli import compare, evaluate, holes, reconstruct, sample, train
 
 #: the subcommand modules, in the order ``pyro-vae --help`` lists them
-SUBCOMMANDS = [train, evaluate, sample, reconstruct]
+SUBCOMMANDS = [train, evaluate, sample, reconstruct, compare, holes]
 
 PROG = "pyro-vae"
 
@@ -45,7 +45,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog=PROG, description="Variational autoencoders as Bayesian models in Pyro: train, "
-        "evaluate, sample and reconstruct, with every component one flag.")
+        "evaluate, sample and reconstruct, compare estimators and run the holes study, with every "
+        "component one flag.")
     from pyro_vae import __version__
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

@@ -19,6 +19,19 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int_list(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0 1 2"`` -> ``[0, 1, 2]`` (an argparse type)."""
+    from pyro_vae.config import ConfigError, parse_int_list
+    try:
+        values = parse_int_list(text)
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 512,256; "
+                                         f"got {text!r}")
+    return values
+
+
 def add_run_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     """RUN, --device and --seed."""
     parser.add_argument("run_dir", metavar="RUN", help="run directory written by pyro-vae "

@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import argparse
 
+from pyro_vae.cli.common import int_list
 from pyro_vae.config import (
     OPTIONS,
     ConfigError,
     Option,
-    parse_int_list,
     parse_key_values,
     read_config_file,
     resolve_config,
 )
+from pyro_vae.runs import open_run
 
 HELP = "fit a model and write a run directory (config, history, metrics, model, figures)"
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        return parse_int_list(text)
-    except ConfigError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _flag(option: Option) -> str:
@@ -63,7 +57,7 @@ def add_option_flags(parser: argparse.ArgumentParser, options=None) -> None:
             kwargs.update(action="append", metavar="KEY=VALUE")
         else:
             kwargs["type"] = {"int": int, "float": float, "str": str,
-                              "int_list": _int_list}[option.kind]
+                              "int_list": int_list}[option.kind]
             kwargs["metavar"] = option.metavar or {"int": "N", "float": "X", "str": "NAME",
                                                    "int_list": "N[,N...]"}[option.kind]
         group.add_argument(_flag(option), **kwargs)
@@ -104,14 +98,33 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace the run in an "
                         "existing run directory --out")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its "
+                        "checkpoint (bit for bit on CPU); only --epochs, --max-seconds, "
+                        "--device, --eval-samples, --figures and --checkpoint-every may change")
+    parser.add_argument("--distributed", action="store_true", help="train with every process "
+                        "torchrun starts: torchrun --standalone --nproc_per_node=N -m pyro_vae "
+                        "train --distributed ...; --batch-size is the global batch")
     add_option_flags(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vae.distributed import is_rank_zero
     from pyro_vae.runs import summary_table, train_run
-    config = resolve_args(args)
-    trained = train_run(config, args.out, overwrite=args.overwrite, quiet=args.quiet)
+    if args.resume is not None:
+        if args.out is not None or args.overwrite:
+            raise ConfigError("--resume RUN continues RUN in place; drop --out/--overwrite")
+        # only what the command line (and --config) asks to change; the run has the rest
+        changes = read_config_file(args.config) if args.config else {}
+        changes.update(collect_overrides(args))
+        trained = train_run(changes, resume=args.resume, quiet=args.quiet,
+                            distributed=args.distributed)
+    else:
+        trained = train_run(resolve_args(args), args.out, overwrite=args.overwrite,
+                            quiet=args.quiet, distributed=args.distributed)
+    if not is_rank_zero():
+        return 0
+    trained = open_run(trained.path)
     print(summary_table(trained))
     figures = trained.figures
     if figures:

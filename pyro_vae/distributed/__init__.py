@@ -2,12 +2,12 @@
 
 One machine, two processes (``--nproc_per_node`` = number of GPUs, or of CPU workers)::
 
-    torchrun --standalone --nproc_per_node=2 -m pyro_vae.distributed --epochs 20
+    torchrun --standalone --nproc_per_node=2 -m pyro_vae train --distributed --out runs/d
 
 Several machines (the same command on every machine; HOST0 is one of them)::
 
     torchrun --nnodes=2 --nproc_per_node=4 --rdzv_backend=c10d --rdzv_endpoint=HOST0:29400 \\
-             --rdzv_id=vae1 -m pyro_vae.distributed --device cuda
+             --rdzv_id=vae1 -m pyro_vae train --distributed --device cuda --out runs/d
 
 ``torchrun`` starts the processes and describes the group in environment variables
 (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``);
