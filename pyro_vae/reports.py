@@ -132,7 +132,7 @@ def _json_ready(value):
     return value
 
 
-def _csv_text(rows: list[dict]) -> str:
+def csv_text(rows: list[dict]) -> str:
     columns = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
@@ -182,9 +182,9 @@ def save_comparison(result: ComparisonResult, directory: str | os.PathLike, *,
     if figures and not any(run.khat for run in result.runs):
         files.pop("khat_figure")
     _refuse_existing(files.values(), overwrite)
-    write_text(files["summary_csv"], _csv_text(result.summary()))
-    write_text(files["runs_csv"], _csv_text(result.run_rows()))
-    write_text(files["curves_csv"], _csv_text(result.curves()))
+    write_text(files["summary_csv"], csv_text(result.summary()))
+    write_text(files["runs_csv"], csv_text(result.run_rows()))
+    write_text(files["curves_csv"], csv_text(result.curves()))
     write_text(files["json"], json.dumps(_json_ready(result.to_dict()), indent=1,
                                          allow_nan=False, default=str))
     write_text(files["markdown"], comparison_markdown(result))

@@ -291,3 +291,30 @@ def test_holes_command_runs_the_study(tmp_path, capsys):
     assert _snapshot(out) == before
     assert main(["holes", "--betas", "1,-4"]) == 2
     assert "numbers >= 0" in capsys.readouterr().err
+
+
+def test_diagnose_writes_snr_khat_and_posterior(trained, tmp_path, capsys):
+    import arviz as az
+    out = tmp_path / "diagnostics"
+    argv = ["diagnose", str(trained), "--estimators", "iwae:k=1", "iwae:k=5", "--snr-draws",
+            "5", "--snr-batch", "20", "--khat-points", "30", "--khat-samples", "60",
+            "--points", "0,4", "--posterior-draws", "20", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "| iwae:k=5 | encoder |" in printed and "| iwae:k=1 | decoder |" in printed
+    assert "k-hat > 0.7" in printed
+    assert {p.name for p in out.iterdir()} == {"snr.md", "snr.png", "khat.md", "khat.png",
+                                              "khat.csv", "posterior.nc"}
+    with open(out / "khat.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 30
+    idata = az.from_netcdf(out / "posterior.nc")
+    assert idata.posterior["z"].shape == (4, 20, 2, 3)     # chains, draws, points, z_dim
+    before = _snapshot(out)
+    for argv_bad, message in [(argv, "already exist"),
+                              (argv[:2] + ["--khat-samples", "10"], "at least 50"),
+                              (argv[:2] + ["--points", "9999", "--out", str(tmp_path / "b")],
+                               "outside the 359 points"),
+                              (argv[:2] + ["--estimators", "iwea"], "unknown estimator")]:
+        assert main(argv_bad) == 2, argv_bad
+        assert message in capsys.readouterr().err
+    assert _snapshot(out) == before

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pyro_vae.cli import compare, evaluate, holes, reconstruct, sample, train
+from pyro_vae.cli import compare, diagnose, evaluate, holes, reconstruct, sample, train
 
 #: the subcommand modules, in the order ``pyro-vae --help`` lists them
-SUBCOMMANDS = [train, evaluate, sample, reconstruct, compare, holes]
+SUBCOMMANDS = [train, evaluate, sample, reconstruct, compare, diagnose, holes]
 
 PROG = "pyro-vae"
 
