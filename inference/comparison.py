@@ -347,6 +347,8 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
     for seed in seeds:
         pyro.set_rng_seed(seed)
         template = build(seed)
+        if seed == seeds[0]:   # every split fits the model, before hours of training
+            _check_splits(template, training=train, test=test, validation=validation_data)
         initial = state_digest(template)
         for spec in specs:
             fitted = copy.deepcopy(template)
@@ -364,6 +366,17 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
                 on_run(run)
         settings.setdefault("model_config", getattr(template, "config", None))
     return ComparisonResult(runs, settings)
+
+
+def _check_splits(model, **splits) -> None:
+    """The model's own data check (feature size, finite values, likelihood support) on
+    every split given, named in the error."""
+    check = getattr(model, "check_data", None)
+    if not callable(check):
+        return
+    for name, data in splits.items():
+        if data is not None:
+            check(first_tensor(as_source(data)), what=f"{name} data")
 
 
 def _one_run(model, spec: str, seed: int, initial: str, train, test, khat_data,

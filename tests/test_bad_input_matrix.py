@@ -2,20 +2,24 @@
 
 Every row must raise its exception type with a one-line message saying what was expected,
 what was received and how to fix it, and leave every file already saved byte-for-byte
-unchanged. A row is one entry of ``MATRIX``; the CLI and ``compare`` rows are added the
-same way (``call`` runs the entry point against the :class:`Workspace`).
+unchanged. A row is one entry of ``MATRIX`` (``call`` runs the entry point against the
+:class:`Workspace`); a command-line row must end with exit code 2 and one line on stderr.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import pyro_vae as pv
+from pyro_vae.cli import main
 
 SETTINGS = dict(epochs=1, batch_size=40, lr=3e-3, seed=0, quiet=True)
 NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
@@ -44,6 +48,15 @@ class Workspace:
         torch.save({"weights": torch.zeros(3)}, self.foreign)
         self.empty_run = root / "empty_run"
         self.empty_run.mkdir()
+        self.cli_run = root / "cli_run"
+        assert main(["train", "--epochs", "1", "--hidden", "16", "--z-dim", "2",
+                     "--eval-samples", "5", "--no-figures", "--quiet", "--device", "cpu",
+                     "--out", str(self.cli_run)]) == 0
+        self.nan_array, self.empty_array = root / "nan.npy", root / "empty.npy"
+        values = np.random.default_rng(0).random((50, 5), dtype=np.float32)
+        values[3, 2] = np.nan
+        np.save(self.nan_array, values)
+        np.save(self.empty_array, np.zeros((0, 5), dtype=np.float32))
 
     @staticmethod
     def model(**options) -> pv.VAE:
@@ -78,6 +91,30 @@ def with_nan(ws, value=float("nan")):
     x = ws.x.clone()
     x[5, 7] = value
     return x
+
+
+class CommandLineError(Exception):
+    """What ``pyro-vae`` printed on stderr when it exited with a non-zero code."""
+
+
+def cli(*argv):
+    """Run ``pyro-vae ARGV``; a non-zero exit raises :class:`CommandLineError` with stderr,
+    which must be exactly one line."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = main([str(a) for a in argv])
+    if code != 0:
+        lines = err.getvalue().strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("pyro-vae: error: "), lines
+        raise CommandLineError(f"exit {code}: {lines[0]}")
+    return code
+
+
+def compare(ws, estimators=("elbo",), train=None, test=None, **options):
+    return pv.compare({"z_dim": 2, "hidden": [8]}, ws.x if train is None else train,
+                      ws.x if test is None else test, list(estimators),
+                      **{"epochs": 1, "seeds": [0], "eval_samples": 4, "khat_samples": None,
+                         **options})
 
 
 def fit(ws, data=None, **options):
@@ -258,6 +295,71 @@ MATRIX = [
     Row("load_model", "CUDA requested where none exists",
         lambda ws: pv.load_model(ws.model_file, device="cuda"),
         RuntimeError, r"CUDA is not available on this machine; use device='cpu'", (NO_CUDA,)),
+    # -- compare -------------------------------------------------------------------------
+    Row("compare", "unknown estimator name", lambda ws: compare(ws, ["elbo", "iwea:k=5"]),
+        ValueError, r"unknown estimator 'iwea'; expected one of \[.*Did you mean 'iwae'"),
+    Row("compare", "no budget", lambda ws: compare(ws, epochs=None),
+        ValueError, r"give a budget: epochs=N, max_seconds=S"),
+    Row("compare", "the same seed twice", lambda ws: compare(ws, seeds=[1, 1]),
+        ValueError, r"seeds must be distinct; got \[1, 1\]"),
+    Row("compare", "wrong feature size in the test data",
+        lambda ws: compare(ws, test=torch.zeros(10, 60)),
+        ValueError, r"test data has 60 features but the model was built for x_dim=64"),
+    Row("compare", "NaN in the training data", lambda ws: compare(ws, train=with_nan(ws)),
+        ValueError, r"training data contains 1 NaN or infinite values"),
+    Row("compare", "empty training data", lambda ws: compare(ws, train=torch.zeros(0, 64)),
+        ValueError, r"training data is empty \(shape \(0, 64\)\); expected at least one"),
+    Row("compare", "test data outside the likelihood's support",
+        lambda ws: compare(ws, test=grey(ws)),
+        pv.DataSupportError, r"BernoulliLikelihood expects binary values"),
+    Row("compare", "batch size above dataset size", lambda ws: compare(ws, batch_size=500),
+        ValueError, r"batch_size=500 exceeds the 80 training datapoints"),
+    Row("compare", "too few draws for k-hat", lambda ws: compare(ws, khat_samples=10),
+        ValueError, r"khat_samples must be None \(no k-hat\) or an integer >= 50"),
+    Row("compare", "CUDA requested where none exists", lambda ws: compare(ws, device="cuda"),
+        RuntimeError, r"CUDA is not available on this machine; use device='cpu'", (NO_CUDA,)),
+    # -- command line --------------------------------------------------------------------
+    Row("pyro-vae train", "unknown prior name", lambda ws: cli("train", "--prior", "vampp"),
+        CommandLineError, r"unknown prior 'vampp'; expected one of .*Did you mean 'vamp'"),
+    Row("pyro-vae train", "unknown estimator name",
+        lambda ws: cli("train", "--estimator", "iwea:k=5"),
+        CommandLineError, r"unknown estimator 'iwea'.*Did you mean 'iwae'"),
+    Row("pyro-vae train", "non-positive latent size", lambda ws: cli("train", "--z-dim", "0"),
+        CommandLineError, r"bad z_dim 0: must be > 0"),
+    Row("pyro-vae train", "batch size above dataset size",
+        lambda ws: cli("train", "--batch-size", "5000", "--out", ws.root / "never"),
+        CommandLineError, r"batch_size 5000 exceeds the 1258 training points of 'digits'"),
+    Row("pyro-vae train", "data outside the likelihood's support",
+        lambda ws: cli("train", "--binarize", "none", "--likelihood", "bernoulli", "--out",
+                       ws.root / "never"),
+        CommandLineError, r"BernoulliLikelihood expects binary values.*Binarize the data"),
+    Row("pyro-vae train", "NaN in the user's array",
+        lambda ws: cli("train", "--dataset", ws.nan_array, "--out", ws.root / "never"),
+        CommandLineError, r"nan.npy contains NaN or infinite values \(first rows: \[3\]\); "
+                          r"remove or impute them"),
+    Row("pyro-vae train", "empty user array",
+        lambda ws: cli("train", "--dataset", ws.empty_array, "--out", ws.root / "never"),
+        CommandLineError, r"must have shape \(N, features\).* with N >= 1; got shape \(0, 5\)"),
+    Row("pyro-vae train", "an existing run as --out",
+        lambda ws: cli("train", "--out", ws.cli_run),
+        CommandLineError, r"already exists and is not empty; choose another --out, or pass "
+                          r"--overwrite"),
+    Row("pyro-vae train", "resume with another configuration",
+        lambda ws: cli("train", "--resume", ws.cli_run, "--z-dim", "5"),
+        CommandLineError, r"these options differ from its config.toml: z_dim=5 \(run: 2\)"),
+    Row("pyro-vae train", "resume a directory that is no run",
+        lambda ws: cli("train", "--resume", ws.empty_run),
+        CommandLineError, r"is not a pyro-vae run directory \(no config.toml\)"),
+    Row("pyro-vae train", "CUDA requested where none exists",
+        lambda ws: cli("train", "--device", "cuda"),
+        CommandLineError, r"CUDA is not available on this machine; use device='cpu'", (NO_CUDA,)),
+    Row("pyro-vae evaluate", "a directory that is no run",
+        lambda ws: cli("evaluate", ws.empty_run),
+        CommandLineError, r"is not a pyro-vae run directory"),
+    Row("pyro-vae compare", "no budget", lambda ws: cli("compare", "--out", ws.root / "never"),
+        CommandLineError, r"needs a budget: --epochs N, --max-seconds S"),
+    Row("pyro-vae holes", "negative beta", lambda ws: cli("holes", "--betas", "0,-1"),
+        CommandLineError, r"argument --betas: expected comma-separated numbers >= 0"),
     Row("save_model", "a model built from custom modules",
         lambda ws: pv.save_model(pv.VAE(64, 3, decoder=torch.nn.Linear(3, 64)), ws.model_file),
         ValueError, r"no reconstructable configuration.*torch.save\(model.state_dict\(\)"),
