@@ -46,6 +46,9 @@ def _run(path: Path, env: dict, monkeypatch, *, repeat: int = 1):
     monkeypatch.setenv("JUPYTER_PATH", env["JUPYTER_PATH"])
     monkeypatch.setenv(SIZE_VARIABLE, "small")
     monkeypatch.setenv("PYRO_VAE_NOTEBOOK_OUT", str(env["out"]))
+    # one torch thread per kernel: these small models gain nothing from more, and on a shared
+    # CPU spinning OpenMP threads slow them down many times over
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     nb = nbformat.read(path, as_version=4)
     client = nbclient.NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name=KERNEL_NAME,
                                      resources={"metadata": {"path": str(path.parent)}})
