@@ -76,10 +76,12 @@ class BaselineNetwork(nn.Module):
     score-function (REINFORCE) gradients (Mnih & Gregor 2014). Output (..., num_sites),
     one column per name in ``sites``. The last layer starts at zero, so the network starts
     as "no correction" on top of the running-average baseline it refines. Only the
-    ``score`` estimator with ``baseline='nn'`` trains or uses it."""
+    ``score`` estimator with ``baseline='nn'`` trains or uses it. Tanh units (as NVIL's):
+    while a fit improves, the running average lags the costs, the regression target keeps
+    one sign, and ReLU units fed non-negative pixels were seen to die all together."""
 
     def __init__(self, x_dim: int, sites: Sequence[str], hidden: Sequence[int] = (64,),
-                 activation: str = "relu"):
+                 activation: str = "tanh"):
         super().__init__()
         self.sites = tuple(sites)
         self.net = MLP(x_dim, list(hidden), len(self.sites), activation)

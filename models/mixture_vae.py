@@ -44,7 +44,10 @@ class GaussianMixtureVAE(PyroModule):
     """p(y) p(z | y) p(x | z) with a learned Gaussian component per cluster y.
 
     ``num_components`` clusters; ``learn_weights=False`` keeps pi uniform. Component means
-    start at N(0, ``component_spread^2``) draws, scales at 1. ``likelihood`` and ``guide``
+    start at N(0, ``component_spread^2`` I) draws, scales at 1; the default spread
+    2 / sqrt(z_dim) keeps the typical distance between two starting means (2 sqrt 2) the
+    same in any dimension (components much farther apart than their scales let the first
+    one the encoder reaches take every point). ``likelihood`` and ``guide``
     (q(z | x, y)) are registered names or modules; ``encoder`` (of [x, onehot y]),
     ``decoder`` and ``classifier`` (x -> C logits) override the MLPs.
     """
@@ -57,7 +60,7 @@ class GaussianMixtureVAE(PyroModule):
     def __init__(self, x_dim: int, num_components: int = 10, z_dim: int = 2, *,
                  likelihood="bernoulli", guide="diagonal", hidden: Sequence[int] = (256, 256),
                  activation: str = "relu", learn_weights: bool = True,
-                 component_spread: float = 2.0, likelihood_options: dict | None = None,
+                 component_spread: float | None = None, likelihood_options: dict | None = None,
                  guide_options: dict | None = None, encoder: nn.Module | None = None,
                  decoder: nn.Module | None = None, classifier: nn.Module | None = None,
                  baseline_hidden: Sequence[int] = (64,)):
@@ -65,6 +68,8 @@ class GaussianMixtureVAE(PyroModule):
         self.x_dim = check_positive_int(x_dim, "x_dim")
         self.z_dim = check_positive_int(z_dim, "z_dim")
         self.num_components = check_positive_int(num_components, "num_components")
+        if component_spread is None:
+            component_spread = 2.0 / math.sqrt(z_dim)
         if not component_spread >= 0:
             raise ValueError(f"component_spread must be >= 0; got {component_spread!r}")
         hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
