@@ -25,6 +25,7 @@ from pyro import poutine
 
 from pyro_vae.inference.batching import as_source, ordered_batches
 from pyro_vae.inference.evaluation import (
+    MAX_ENUMERATION,
     _chunking,
     _data_dim,
     _particle_budget,
@@ -115,7 +116,7 @@ def discrete_posterior(model, data, site: str = "y", *, method: str = "guide",
             rows = batch_size or max(1, particle_budget // num_samples)
             return torch.cat([_guide_posterior(model, batch, site, num_samples, nesting)
                               for batch in ordered_batches(source, rows)])
-        plan = _plan(model, source, max_enumeration=particle_budget)
+        plan = _plan(model, source, MAX_ENUMERATION)
         if not plan.enumerate or site not in plan.sites:
             raise ValueError(f"method='model' sums over the discrete sites exactly, but "
                              f"{site!r} is not among the enumerable sites {sorted(plan.sites)} "
@@ -227,13 +228,11 @@ def train_baseline_network(model, data, *, steps: int = 200, batch_size: int = 1
             batch = source.get(index.to(device) if device is not None else index)
             for p in model.parameters():
                 p.grad = None
-            captured = []
-            estimator._baseline_losses = captured
+            estimator.baseline_losses = []
             estimator.loss_and_grads(model.model, model.guide, *batch)
             optimizer.step()
-            losses.append(sum(captured) / len(batch[0]))
+            losses.append(sum(estimator.baseline_losses) / len(batch[0]))
     finally:
-        estimator._baseline_losses = None
         for p in model.parameters():
             p.grad = saved.get(id(p))
     return losses

@@ -131,8 +131,9 @@ class ScoreELBO(pyro.infer.TraceGraph_ELBO):
         #: per discrete site: the (biased) running mean m of c_n / s and its step count t
         self.averages: dict[str, dict] = {}
         self._network_output: tuple | None = None
-        #: when a list, every baseline-network regression loss (a float) is appended to it
-        self._baseline_losses: list | None = None
+        #: set it to a list to collect the baseline network's regression loss (per datapoint
+        #: sum over sites and points, unscaled) of every step
+        self.baseline_losses: list | None = None
 
     # -- state (saved in checkpoints by fit) ----------------------------------------------
     def state_dict(self) -> dict:
@@ -182,8 +183,8 @@ class ScoreELBO(pyro.infer.TraceGraph_ELBO):
             correction = output[..., sites.index(name)]
             baseline = baseline + correction
             loss = scale * (per_point - baseline).pow(2).sum()
-            if self._baseline_losses is not None:
-                self._baseline_losses.append(float(loss.detach()) / scale)
+            if self.baseline_losses is not None:
+                self.baseline_losses.append(float(loss.detach()) / scale)
         return scale * baseline, loss
 
     def _loss_and_surrogate_loss_particle(self, model_trace, guide_trace):
@@ -343,8 +344,8 @@ class RelaxedELBO(pyro.infer.TraceMeanField_ELBO):
         self.steps = int(state["steps"])
 
     def _relaxed(self, model, guide):
-        handler = relax_discrete_sites(self.temperature)
-        return handler(model), relax_discrete_sites(self.temperature)(guide)
+        tau = self.temperature
+        return relax_discrete_sites(tau)(model), relax_discrete_sites(tau)(guide)
 
     def loss(self, model, guide, *args, **kwargs):
         return super().loss(*self._relaxed(model, guide), *args, **kwargs)

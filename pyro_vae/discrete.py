@@ -58,7 +58,7 @@ def semi_supervised_labels(labels: torch.Tensor, num_labelled: int, seed: int = 
 
 
 # ---- configuration -> model -------------------------------------------------------------------
-def _check_common(config: Mapping, dataset: Dataset, name: str) -> None:
+def _check_common(config: Mapping, name: str) -> None:
     if config["network"] != "mlp":
         raise ConfigError(f"model {name!r} uses MLP networks; got network "
                           f"{config['network']!r}. Use network = 'mlp'.")
@@ -87,7 +87,7 @@ def _built(builder, name: str, **options):
 
 def build_gmvae(config: Mapping, dataset: Dataset) -> GaussianMixtureVAE:
     """A :class:`~pyro_vae.models.GaussianMixtureVAE` with ``num_classes`` components."""
-    _check_common(config, dataset, "gmvae")
+    _check_common(config, "gmvae")
     return _built(GaussianMixtureVAE, "gmvae", x_dim=dataset.x_dim,
                   num_components=_classes(config, dataset), z_dim=config["z_dim"],
                   likelihood=_likelihood(config, dataset), guide=config["guide"],
@@ -98,7 +98,7 @@ def build_gmvae(config: Mapping, dataset: Dataset) -> GaussianMixtureVAE:
 
 def build_m2(config: Mapping, dataset: Dataset) -> SemiSupervisedVAE:
     """A :class:`~pyro_vae.models.SemiSupervisedVAE` (M2) for the dataset's classes."""
-    _check_common(config, dataset, "m2")
+    _check_common(config, "m2")
     if dataset.train_labels is None:
         raise ConfigError(f"model 'm2' needs labels, but dataset {dataset.name!r} has none; "
                           "use a labelled dataset (digits, mnist, gw, or a file with a label "
@@ -119,7 +119,7 @@ def build_m2(config: Mapping, dataset: Dataset) -> SemiSupervisedVAE:
 def build_categorical(config: Mapping, dataset: Dataset) -> CategoricalVAE:
     """A :class:`~pyro_vae.models.CategoricalVAE`: ``num_latents`` variables of
     ``num_classes`` (0: 10) classes."""
-    _check_common(config, dataset, "categorical")
+    _check_common(config, "categorical")
     if config["guide"] != "diagonal" or config["guide_options"]:
         raise ConfigError("model 'categorical' has no continuous latent, so no guide family; "
                           "drop --guide and --guide-option.")

@@ -41,6 +41,13 @@ def test_m2_run_hides_labels_trains_with_score_avg_and_reports_accuracy(tmp_path
     assert test["elbo"] <= test["log_likelihood"] + 1.0
     model = pv.load_model(out / "model.pt")
     assert isinstance(model, pv.SemiSupervisedVAE) and model.num_classes == 10
+    # the other subcommands work on a discrete model's run
+    assert main(["evaluate", str(out), "-k", "5", "--split", "validation"]) == 0
+    validation = json.loads((out / "metrics.json").read_text())["validation"]
+    assert validation["accuracy_kind"] == "classification" and validation["num_samples"] == 5
+    assert main(["sample", str(out), "-n", "4"]) == 0
+    assert main(["reconstruct", str(out), "-n", "4"]) == 0
+    assert (out / "samples-n4-seed0.npz").is_file()
 
 
 def test_gmvae_and_categorical_runs_pick_their_estimators(tmp_path, capsys):

@@ -29,7 +29,7 @@ def test_gmvae_recovers_the_gw_populations_without_labels():
     data = pv.load_dataset("gw")
     pyro.set_rng_seed(0)
     model = GaussianMixtureVAE(data.x_dim, 3, z_dim=1, likelihood="normal_per_feature",
-                               hidden=[64], component_spread=2.0, learn_weights=False)
+                               hidden=[64], learn_weights=False)
     fit(model, data.train, estimator="enum", epochs=10, batch_size=128, lr=1e-2, seed=0,
         quiet=True, monitor_size=100)
     result = pv.evaluate(model, data.test, num_samples=50, elbo_particles=2,
@@ -45,7 +45,7 @@ def test_gmvae_recovers_the_gw_populations_without_labels():
 
 
 def test_m2_with_few_labels_beats_a_classifier_trained_on_them_alone(binary_digits):
-    """50 labels (5 per class) of 1257 digits: M2 (enumeration, auxiliary term) against the
+    """50 labels (5 per class) of 1258 digits: M2 (enumeration, auxiliary term) against the
     same classifier network trained on the 50 labelled points alone."""
     data = binary_digits
     labels = pv.semi_supervised_labels(data.train_labels, 50, seed=0)
