@@ -19,6 +19,21 @@ from pyro_vae.inference.diagnostics import (
     parameter_groups,
     psis_khat,
 )
+from pyro_vae.inference.discrete import (
+    ClusteringResult,
+    clustering_accuracy,
+    discrete_posterior,
+    label_accuracy,
+    score_gradient_variance,
+    train_baseline_network,
+)
+from pyro_vae.inference.discrete_estimators import (
+    EnumELBO,
+    GumbelSoftmax,
+    RelaxedELBO,
+    ScoreELBO,
+    relax_discrete_sites,
+)
 from pyro_vae.inference.estimators import (
     ESTIMATORS,
     EstimatorSpec,
@@ -29,11 +44,16 @@ from pyro_vae.inference.estimators import (
     valid_specs,
 )
 from pyro_vae.inference.evaluation import (
+    MAX_ENUMERATION,
+    EnumeratedTerms,
+    EnumerationPlan,
     EvaluationResult,
     NotPerDatapointError,
     PointMassGuideError,
     active_units,
     elbo_terms,
+    enumerated_terms,
+    enumeration_plan,
     evaluate,
     kl_per_dimension,
     log_density_terms,
@@ -66,4 +86,9 @@ __all__ = [
     "gradient_snr", "GradientSNRResult", "GradientStats", "parameter_groups",
     "psis_khat", "KHatResult", "khat_from_log_weights", "importance_log_weights",
     "importance_draws", "ImportanceDraws", "DataParallel", "particle_seed",
+    # discrete latent sites
+    "EnumELBO", "ScoreELBO", "RelaxedELBO", "GumbelSoftmax", "relax_discrete_sites",
+    "MAX_ENUMERATION", "EnumerationPlan", "EnumeratedTerms", "enumeration_plan",
+    "enumerated_terms", "discrete_posterior", "label_accuracy", "clustering_accuracy",
+    "ClusteringResult", "score_gradient_variance", "train_baseline_network",
 ]

@@ -46,6 +46,36 @@ class TensorSource:
         return self.tensors[0].device
 
 
+class JoinedSource:
+    """Several equally long sources side by side: ``get(index)`` is the concatenation of
+    their batches, e.g. dynamically binarised images with a fixed tensor of labels."""
+
+    def __init__(self, *sources):
+        if not sources:
+            raise ValueError("JoinedSource needs at least one source")
+        self.sources = tuple(as_source(s) for s in sources)
+        lengths = {len(s) for s in self.sources}
+        if len(lengths) != 1:
+            raise ValueError(f"all joined sources must have the same number of rows (one per "
+                             f"datapoint); got {[len(s) for s in self.sources]}")
+
+    def __len__(self) -> int:
+        return len(self.sources[0])
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(t for source in self.sources for t in source.get(index))
+
+    def to(self, device) -> JoinedSource:
+        return JoinedSource(*(source.to(device) for source in self.sources))
+
+    def first(self) -> torch.Tensor:
+        return first_tensor(self.sources[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.sources[0].device
+
+
 def as_source(data) -> TensorSource:
     """Turn a tensor, a tuple/list of tensors, or a batch source into a batch source."""
     if isinstance(data, torch.Tensor):

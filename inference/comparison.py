@@ -35,7 +35,7 @@ from pyro_vae.inference.training import fit, resolve_device
 
 #: the per-run numbers the summary table aggregates over seeds, in table order
 METRICS = ("log_likelihood", "elbo", "kl", "active_units", "seconds_per_epoch",
-           "peak_memory_mb", "epochs", "khat_above_0.7", "khat_0.5_to_0.7")
+           "peak_memory_mb", "epochs", "khat_above_0.7", "khat_0.5_to_0.7", "accuracy")
 
 
 # ---- peak memory ----------------------------------------------------------------------------
@@ -291,7 +291,8 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
             elbo_particles: int = 10, eval_seed: int = 0, khat_samples: int | None = 1000,
             khat_points: int | None = 500, device="cpu", monitor_size: int = 1000,
             fit_options: Mapping | None = None, keep_models: bool = False, quiet: bool = True,
-            on_run: Callable[[RunResult], None] | None = None) -> ComparisonResult:
+            on_run: Callable[[RunResult], None] | None = None,
+            test_labels: torch.Tensor | None = None) -> ComparisonResult:
     """Fit ``model`` with every estimator under the same budget, for every seed, and judge
     each fit on ``test_data`` the same way (a source that draws afresh on every access,
     such as dynamic binarization, is drawn once, so every run is judged on the same data).
@@ -306,6 +307,12 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
     ``khat_points`` test points with ``khat_samples`` draws (``khat_samples=None`` skips it).
     ``fit_options`` go to :func:`~pyro_vae.inference.fit` (e.g. ``beta``, ``clip_norm``).
     Memory: see :class:`PeakMemory`. ``on_run`` is called with each finished run.
+
+    Discrete-latent models compare ``'enum'``, ``'score:baseline=...'`` and ``'relaxed'``
+    like any estimators: every test number is the discrete model's (y summed exactly where
+    it can be enumerated, whatever the estimator trained on), and ``test_labels`` (one per
+    test point) add the ``accuracy`` of argmax q(y|x) (see
+    :func:`~pyro_vae.inference.evaluate`).
     """
     specs = _check_specs(estimators)
     seeds = _check_seeds(seeds)
@@ -328,6 +335,9 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
     pyro.set_rng_seed(eval_seed)      # a dynamic test source is drawn once, reproducibly
     test = first_points(test_data)
     khat_data = first_points(test, khat_points) if khat_samples else None
+    if test_labels is not None and len(test_labels) != len(test):
+        raise ValueError(f"test_labels has {len(test_labels)} entries for {len(test)} test "
+                         "points; pass one label per test point")
 
     settings = {"estimators": specs, "seeds": seeds, "epochs": epochs,
                 "max_seconds": max_seconds, "batch_size": batch_size, "lr": lr,
@@ -340,7 +350,8 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
                     as_source(validation_data)),
                 "model": dict(model) if isinstance(model, Mapping) else getattr(
                     model, "__name__", repr(model)),
-                "fit_options": fit_options, "torch_threads": torch.get_num_threads()}
+                "fit_options": fit_options, "torch_threads": torch.get_num_threads(),
+                "test_labels": test_labels is not None}
     if khat_samples:
         import arviz  # noqa: F401  (imported before the first run, not during its measurement)
     runs = []
@@ -358,7 +369,7 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
                                 validation_data=validation_data, monitor_size=monitor_size,
                                 quiet=quiet, **fit_options),
                            dict(num_samples=eval_samples, elbo_particles=elbo_particles,
-                                seed=eval_seed), khat_samples)
+                                seed=eval_seed, labels=test_labels), khat_samples)
             if keep_models:
                 run.model = fitted
             runs.append(run)
@@ -406,7 +417,8 @@ def _one_run(model, spec: str, seed: int, initial: str, train, test, khat_data,
                "peak_memory_mb": memory.peak_mb,
                "epochs": history[-1]["epochs_done"] if history else 0.0,
                "khat_above_0.7": None if khat is None else khat.fraction_bad,
-               "khat_0.5_to_0.7": None if khat is None else khat.fraction_ok}
+               "khat_0.5_to_0.7": None if khat is None else khat.fraction_ok,
+               "accuracy": evaluation.accuracy}
     return RunResult(
         estimator=spec, seed=seed, initial_digest=digest, history=history, metrics=metrics,
         evaluation=evaluation.summary(), khat=None if khat is None else khat.khat.tolist(),

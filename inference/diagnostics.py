@@ -29,8 +29,11 @@ from torch import nn
 from pyro_vae.inference.batching import as_source, ordered_batches
 from pyro_vae.inference.estimators import make_estimator, parse_estimator
 from pyro_vae.inference.evaluation import (
+    MAX_ENUMERATION,
     _chunking,
     _importance_chunk,
+    _particle_budget,
+    _plan,
     guess_max_plate_nesting,
     log_density_terms,
 )
@@ -48,9 +51,13 @@ def parameter_groups(model, groups: Mapping | None = None) -> dict[str, list[nn.
 
     ``groups`` maps a name to a module or an iterable of parameters. By default a model with
     a ``guide_family`` module (the VAE) is split into ``encoder`` (the guide family) and
-    ``decoder`` (every other parameter: decoder network, likelihood, prior); any other model
-    gets a single group ``all``.
+    ``decoder`` (every other parameter: decoder network, likelihood, prior); a model with a
+    ``parameter_groups()`` method (the discrete-latent models: ``classifier``, ``encoder``,
+    ``decoder``) names its own; any other model gets a single group ``all``.
     """
+    own_groups = getattr(model, "parameter_groups", None)
+    if groups is None and callable(own_groups):
+        groups = own_groups()
     if groups is None:
         guide_family = getattr(model, "guide_family", None)
         if isinstance(guide_family, nn.Module):
@@ -124,9 +131,15 @@ class GradientStats:
     mean_norm: float
     snr_vector: float
     snr: torch.Tensor = field(repr=False)  # per element, NaN where the gradient is constant
+    mean: torch.Tensor | None = field(default=None, repr=False)      # E g_j per element
+    variance: torch.Tensor | None = field(default=None, repr=False)  # Var g_j (unbiased)
 
     def row(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k != "snr"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("snr", "mean", "variance")}
+
+    def standard_error(self) -> torch.Tensor:
+        """Per element, the standard error of ``mean``: sqrt(Var g_j / draws)."""
+        return (self.variance / self.num_draws).sqrt()
 
 
 @dataclass
@@ -172,7 +185,7 @@ def _summarise(estimator: str, group: str, moments: _RunningMoments) -> Gradient
         snr_median=live.median().item() if live.numel() else float("nan"),
         variance_mean=moments.variance.mean().item(), mean_norm=mean_norm,
         snr_vector=mean_norm / math.sqrt(total_variance) if total_variance > 0 else float("nan"),
-        snr=snr.float().cpu())
+        snr=snr.float().cpu(), mean=moments.mean.cpu(), variance=moments.variance.cpu())
 
 
 def _as_batch(batch) -> tuple[torch.Tensor, ...]:
@@ -188,19 +201,23 @@ def _as_batch(batch) -> tuple[torch.Tensor, ...]:
 
 def gradient_snr(model, batch, estimators: Sequence = ("iwae:k=1", "iwae:k=5", "iwae:k=50"),
                  *, num_draws: int = 100, groups: Mapping | None = None, seed: int | None = 0,
-                 vectorize_particles: bool = True) -> GradientSNRResult:
+                 vectorize_particles: bool = True, warmup_draws: int = 0) -> GradientSNRResult:
     """Gradient variance and signal-to-noise ratio of each estimator at fixed parameters.
 
     ``batch`` is one fixed minibatch (a tensor or a tuple for ``model(*batch)``); every
     draw re-runs ``elbo.loss_and_grads`` on it, so only particle noise varies. Nothing is
     updated: the parameters stay as they are and their ``.grad`` is restored afterwards.
     ``estimators`` are specs (``'iwae:k=5'``) or objects with ``loss_and_grads``; each starts
-    from ``seed``. ``groups`` is as in :func:`parameter_groups`.
+    from ``seed``. ``groups`` is as in :func:`parameter_groups`. ``warmup_draws`` draws are
+    made and discarded first, so an estimator with state (the running-average baseline of
+    ``score:baseline=avg``) is measured settled rather than from its empty start.
     """
     batch = _as_batch(batch)
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 2:
         raise ValueError(f"num_draws must be an integer >= 2 (a standard deviation needs two "
                          f"draws); got {num_draws!r}")
+    if isinstance(warmup_draws, bool) or not isinstance(warmup_draws, int) or warmup_draws < 0:
+        raise ValueError(f"warmup_draws must be a non-negative integer; got {warmup_draws!r}")
     if isinstance(estimators, str) or not estimators:
         raise ValueError("estimators must be a non-empty list of specs such as "
                          f"['iwae:k=1', 'iwae:k=50']; got {estimators!r}")
@@ -222,6 +239,8 @@ def gradient_snr(model, batch, estimators: Sequence = ("iwae:k=1", "iwae:k=5", "
                 pyro.set_rng_seed(seed)
             moments = {name: _RunningMoments(sum(p.numel() for p in params), params[0].device)
                        for name, params in resolved.items()}
+            for _ in range(warmup_draws):
+                elbo.loss_and_grads(model.model, model.guide, *batch)
             for _ in range(num_draws):
                 for p in model.parameters():
                     p.grad = None
@@ -235,7 +254,8 @@ def gradient_snr(model, batch, estimators: Sequence = ("iwae:k=1", "iwae:k=5", "
         for p in model.parameters():
             p.grad = saved_grads.get(id(p))
     return GradientSNRResult(stats, {"num_draws": num_draws, "batch_size": batch_size,
-                                     "seed": seed, "groups": list(resolved)})
+                                     "seed": seed, "groups": list(resolved),
+                                     "warmup_draws": warmup_draws})
 
 
 # ---- PSIS k-hat ---------------------------------------------------------------------------
@@ -320,7 +340,8 @@ def importance_log_weights(model, data, num_samples: int = 1000, *,
                            seed: int | None = None) -> torch.Tensor:
     """All per-datapoint log-weights log p(x_n, z_kn) - log q(z_kn | x_n), shape (K, N).
 
-    Uses the model's own ``importance_log_weights`` where it has one (as evaluation does).
+    Uses the model's own ``importance_log_weights`` where it has one, and sums discrete
+    sites out exactly inside every weight where they can be enumerated (as evaluation does).
     Memory is K x N numbers; work proceeds in chunks of ``particle_budget`` pairs.
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -328,12 +349,15 @@ def importance_log_weights(model, data, num_samples: int = 1000, *,
     source = as_source(data)
     if seed is not None:
         pyro.set_rng_seed(seed)
-    batch_size, chunk = _chunking(len(source), num_samples, batch_size, particle_budget)
+    plan = _plan(model, source, MAX_ENUMERATION)
+    batch_size, chunk = _chunking(len(source), num_samples, batch_size,
+                                  _particle_budget(plan, particle_budget))
     nesting = guess_max_plate_nesting(model, next(ordered_batches(source, 2)))
     columns = []
     for batch in ordered_batches(source, batch_size):
         columns.append(torch.cat([
-            _importance_chunk(model, batch, min(chunk, num_samples - start), nesting)
+            _importance_chunk(model, batch, min(chunk, num_samples - start), nesting,
+                              plan.enumerate)
             for start in range(0, num_samples, chunk)]))
     return torch.cat(columns, dim=1)
 

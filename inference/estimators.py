@@ -139,16 +139,33 @@ class _EstimatorEntry:
     factory: Callable[..., pyro.infer.ELBO]
     options: dict  # option name -> (type, default)
     description: str
+    check: Callable[[dict], None] | None = None
 
 
 ESTIMATORS: dict[str, _EstimatorEntry] = {}
 
 
+class Choice:
+    """An option type accepting one of a few names: ``{"baseline": (Choice("none", "avg"),
+    "none")}``; any other value is a ValueError naming the valid ones."""
+
+    def __init__(self, *names: str):
+        self.names = names
+        self.__name__ = f"one of {list(names)}"
+
+    def __call__(self, value: str) -> str:
+        if value not in self.names:
+            raise ValueError(value)
+        return value
+
+
 def register_estimator(name: str, factory: Callable[..., pyro.infer.ELBO], options: dict,
-                       description: str) -> None:
+                       description: str, check: Callable[[dict], None] | None = None) -> None:
     """Register ``name``; ``factory(**options, vectorize_particles=..., max_plate_nesting=...)``
-    builds the ELBO; ``options`` maps each option to ``(type, default)``."""
-    ESTIMATORS[name] = _EstimatorEntry(factory, dict(options), description)
+    builds the ELBO; ``options`` maps each option to ``(type, default)`` (a type is any
+    callable turning the spec's text into a value, e.g. :class:`Choice`); ``check(options)``,
+    if given, raises ValueError for values the types accept but the estimator does not."""
+    ESTIMATORS[name] = _EstimatorEntry(factory, dict(options), description, check)
 
 
 def _particles_kwargs(k: int, vectorize: bool, max_plate_nesting: float) -> dict:
@@ -212,6 +229,11 @@ def parse_estimator(spec: str | EstimatorSpec) -> EstimatorSpec:
                          f"in {spec!r}")
     if name == "renyi" and options["alpha"] == 1.0:
         raise ValueError("renyi with alpha=1 is the ordinary ELBO; use 'elbo' instead")
+    if entry.check is not None:
+        try:
+            entry.check(options)
+        except ValueError as error:
+            raise ValueError(f"bad estimator spec {spec!r}: {error}") from None
     return EstimatorSpec(name, options)
 
 

@@ -1,10 +1,13 @@
-"""The generative story: priors, likelihoods, guide families, networks and the VAE.
+"""The generative story: priors, likelihoods, guide families, networks, the VAE and the
+discrete-latent models (Gaussian-mixture VAE, M2 semi-supervised VAE, categorical VAE).
 
 Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fitting.
 """
 
 from pyro_vae.models.autoencoder import autoencoder
+from pyro_vae.models.categorical_vae import CategoricalVAE
 from pyro_vae.models.conditional import ConditionalVAE
+from pyro_vae.models.discrete import BaselineNetwork
 from pyro_vae.models.guides import (
     DeltaGuide,
     DiagonalNormalGuide,
@@ -23,6 +26,7 @@ from pyro_vae.models.likelihoods import (
     PoissonLikelihood,
     StudentTLikelihood,
 )
+from pyro_vae.models.mixture_vae import GaussianMixtureVAE
 from pyro_vae.models.networks import MLP, ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from pyro_vae.models.priors import (
     LaplacePrior,
@@ -34,6 +38,7 @@ from pyro_vae.models.priors import (
     VampPrior,
 )
 from pyro_vae.models.registry import GUIDES, LIKELIHOODS, PRIORS, register
+from pyro_vae.models.semi_supervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE, check_data_matrix, data_plate
 
 __all__ = [
@@ -46,4 +51,5 @@ __all__ = [
     "NegativeBinomialLikelihood",
     "Guide", "DeltaGuide", "DiagonalNormalGuide", "FullRankNormalGuide", "FlowGuide",
     "MLP", "MLPEncoder", "MLPDecoder", "ConvEncoder", "ConvDecoder",
+    "GaussianMixtureVAE", "SemiSupervisedVAE", "CategoricalVAE", "BaselineNetwork",
 ]

@@ -17,6 +17,7 @@ from pyro_vae.collapse import CollapseResult, run_collapse_study
 from pyro_vae.conditional import plot_class_samples
 from pyro_vae.config import ConfigError, resolve_config
 from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
+from pyro_vae.discrete import semi_supervised_labels
 from pyro_vae.holes import HolesStudyResult, kl_check_table, run_holes_study
 from pyro_vae.inference import (
     ComparisonResult,
@@ -26,7 +27,9 @@ from pyro_vae.inference import (
     NonFiniteLossError,
     ResumeError,
     active_units,
+    clustering_accuracy,
     compare,
+    discrete_posterior,
     elbo_terms,
     evaluate,
     gradient_snr,
@@ -35,6 +38,8 @@ from pyro_vae.inference import (
     make_estimator,
     posterior_means,
     psis_khat,
+    score_gradient_variance,
+    train_baseline_network,
 )
 from pyro_vae.inference.anomaly import anomaly_scores, roc_auc
 from pyro_vae.inference.holes import hole_fractions
@@ -44,8 +49,11 @@ from pyro_vae.models import (
     LIKELIHOODS,
     PRIORS,
     VAE,
+    CategoricalVAE,
     ConditionalVAE,
     DataSupportError,
+    GaussianMixtureVAE,
+    SemiSupervisedVAE,
     autoencoder,
 )
 from pyro_vae.reports import run_comparison, save_comparison
@@ -67,4 +75,8 @@ __all__ = [
     "autoencoder", "ConditionalVAE", "FreeBitsELBO", "hole_fractions", "run_holes_study",
     "HolesStudyResult", "kl_check_table", "run_collapse_study", "CollapseResult",
     "plot_class_samples", "anomaly_scores", "roc_auc", "run_anomaly_study", "AnomalyResult",
+    # discrete latents
+    "GaussianMixtureVAE", "SemiSupervisedVAE", "CategoricalVAE", "discrete_posterior",
+    "clustering_accuracy", "semi_supervised_labels", "score_gradient_variance",
+    "train_baseline_network",
 ]

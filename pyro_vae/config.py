@@ -152,6 +152,20 @@ def _check_estimator(value) -> str | None:
     return None
 
 
+def _check_discrete(value) -> str | None:
+    from pyro_vae.discrete import DISCRETE_ESTIMATORS
+    if value == "auto":
+        return None
+    from pyro_vae.inference import parse_estimator
+    try:
+        name = parse_estimator(value).name
+    except ValueError as error:
+        return str(error)
+    if name not in DISCRETE_ESTIMATORS:
+        return f"must be auto or one of {list(DISCRETE_ESTIMATORS)} (optionally with options)"
+    return None
+
+
 def _check_device(value) -> str | None:
     from pyro_vae.inference import resolve_device
     try:
@@ -188,12 +202,27 @@ add_option("guide", "diagonal", "guide family q(z|x)", choices=_registry("GUIDES
            group="model")
 add_option("guide_options", {}, "options of the guide, e.g. num_flows=4", group="model")
 add_option("network", "mlp", "encoder/decoder networks", choices=_network_names, group="model")
+add_option("num_classes", 0, "values of y: gmvae components, m2 classes (0: the dataset's "
+           "number of classes, else 10), categorical classes per latent (0: 10)",
+           check=non_negative, group="model")
+add_option("num_latents", 20, "categorical: number of categorical latent variables",
+           check=positive, group="model")
+add_option("labels", 100, "m2: labelled training points (balanced over classes; the others "
+           "unlabelled)", check=non_negative, group="model")
+add_option("alpha", 0.1, "m2: weight of the auxiliary classification term (Kingma et al.'s "
+           "alpha as a multiple of N)", check=_both(non_negative, _finite), group="model")
 add_option("hidden", [256], "hidden layer widths, e.g. 512,256", kind="int_list",
            check=_check_hidden, group="model")
 add_option("activation", "relu", "activation function", choices=_activation_names,
            group="model")
 add_option("estimator", "elbo", "gradient estimator: elbo, elbo:k=K, meanfield, iwae:k=K, "
            "renyi:alpha=A,k=K", check=_check_estimator, group="training", metavar="SPEC")
+add_option("discrete", "auto", "discrete latents (gmvae, m2, categorical): enum, score, "
+           "relaxed or a full spec (relaxed:tmin=0.3); auto: enum where the discrete sites can "
+           "be enumerated, else relaxed", check=_check_discrete, group="training",
+           metavar="SPEC")
+add_option("baseline", "none", "score-function baseline of --discrete score",
+           choices=lambda: ("none", "avg", "nn"), group="training")
 add_option("epochs", 150, "passes over the training data", check=positive, group="training")
 add_option("batch_size", 64, "datapoints per step", check=positive, group="training")
 add_option("lr", 3e-3, "learning rate", check=_both(positive, _finite), group="training")

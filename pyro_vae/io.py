@@ -22,7 +22,13 @@ from typing import IO
 import torch
 
 from pyro_vae.inference.training import STATE_FORMAT, resolve_device
-from pyro_vae.models import VAE, ConditionalVAE
+from pyro_vae.models import (
+    VAE,
+    CategoricalVAE,
+    ConditionalVAE,
+    GaussianMixtureVAE,
+    SemiSupervisedVAE,
+)
 
 FORMAT = "pyro-vae-model"
 FORMAT_VERSION = 1
@@ -30,7 +36,8 @@ DIGEST_KEY = "sha256"
 
 #: model class name (``config["class"]``) -> builder taking the config's other keys
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
-    "VAE": VAE, "ConditionalVAE": ConditionalVAE}
+    "VAE": VAE, "ConditionalVAE": ConditionalVAE, "GaussianMixtureVAE": GaussianMixtureVAE,
+    "SemiSupervisedVAE": SemiSupervisedVAE, "CategoricalVAE": CategoricalVAE}
 
 
 class CheckpointError(ValueError):

@@ -63,9 +63,12 @@ def comparison_markdown(result: ComparisonResult) -> str:
         f"{s['epochs']} epochs" if s.get("epochs") else "",
         f"{s['max_seconds']} s of training" if s.get("max_seconds") else "") if part)
     memory = sorted({run.memory.get("measure") for run in result.runs})
-    header = ["estimator", *(label for _, label, _, _ in TABLE_COLUMNS)]
+    columns = TABLE_COLUMNS
+    if any(run.metrics.get("accuracy") is not None for run in result.runs):
+        columns = columns + (("accuracy", "test accuracy", ".1f", True),)
+    header = ["estimator", *(label for _, label, _, _ in columns)]
     rows = [[row["estimator"], *(_mean_pm(row[f"{m}_mean"], row[f"{m}_std"], d, p)
-                                 for m, _, d, p in TABLE_COLUMNS)]
+                                 for m, _, d, p in columns)]
             for row in result.summary()]
     notes = [
         f"Budget: {budget} per run; seeds {s['seeds']} (mean ± standard deviation over "
@@ -80,6 +83,12 @@ def comparison_markdown(result: ComparisonResult) -> str:
         + (" (whole process: compare differences)" if any("RSS" in m for m in memory)
            else "") + ".",
     ]
+    discrete = {site: how for run in result.runs
+                for site, how in (run.evaluation.get("discrete_sites") or {}).items()}
+    if discrete:
+        notes.append("Discrete latent sites in every test number (whatever the estimator "
+                     "trained on): " + "; ".join(f"{site} {how}" for site, how in
+                                                 discrete.items()) + ".")
     if s.get("khat_samples"):
         notes.append(f"k-hat: PSIS shape of the guide's importance weights on the first "
                      f"{s['khat_points']} test points with {s['khat_samples']} draws each; "

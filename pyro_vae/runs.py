@@ -34,6 +34,14 @@ from pyro_vae import distributed as distributed_setup
 from pyro_vae.checkpoints import CHECKPOINT_FILE, fit
 from pyro_vae.config import ConfigError, read_config_file, resolve_config, to_toml
 from pyro_vae.data import Dataset, is_array_path, load_dataset, loader_options
+from pyro_vae.discrete import (
+    build_categorical,
+    build_gmvae,
+    build_m2,
+    evaluation_labels,
+    training_data,
+    training_estimator,
+)
 from pyro_vae.inference import evaluate, resolve_device
 from pyro_vae.inference.batching import as_source, first_tensor
 from pyro_vae.io import atomic_write_text, load_model, save_model
@@ -114,7 +122,8 @@ def build_vae(config: Mapping, dataset: Dataset) -> VAE:
 
 
 #: config["model"] -> builder(config, dataset); other model families register here
-MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {"vae": build_vae}
+MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {
+    "vae": build_vae, "gmvae": build_gmvae, "m2": build_m2, "categorical": build_categorical}
 
 
 def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]
@@ -308,8 +317,9 @@ def evaluate_split(model, dataset: Dataset, split: str = "test", num_samples: in
     """:func:`~pyro_vae.evaluate` on one split, as a JSON-ready summary (records K, seed and
     time). A dynamically binarised training split is evaluated on one fresh draw."""
     data = dataset.split(split).to(resolve_device(device))
+    labels = evaluation_labels(model, dataset, split)
     started = time.perf_counter()
-    summary = evaluate(model, data, num_samples, seed=seed).summary()
+    summary = evaluate(model, data, num_samples, seed=seed, labels=labels).summary()
     summary.update(split=split, seed=seed, seconds=round(time.perf_counter() - started, 3),
                    evaluated_at=now())
     return summary
@@ -319,7 +329,12 @@ def write_figures(model, dataset: Dataset, history, directory: str | Path, seed:
                   ) -> list[Path]:
     """The standard figures of a model (see :func:`pyro_vae.plots.standard_figures`) as PNG."""
     from pyro_vae.plots import save_figures, standard_figures
-    return save_figures(standard_figures(model, dataset, history, seed=seed), directory)
+    figures = standard_figures(model, dataset, history, seed=seed)
+    if "y" in getattr(model, "discrete_sites", ()):
+        from pyro_vae.conditional import plot_class_samples
+        shape = dataset.feature_shape if dataset.kind == "image" else None
+        figures["class_samples"] = plot_class_samples(model, 8, shape)
+    return save_figures(figures, directory)
 
 
 #: options a resumed run may change (everything else must stay as the run was configured)
@@ -374,6 +389,8 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     if config["batch_size"] > n_train:
         raise ConfigError(f"batch_size {config['batch_size']} exceeds the {n_train} training "
                           f"points of {dataset.name!r}; use batch_size <= {n_train}")
+    estimator = training_estimator(config, model, dataset)
+    train_data = training_data(config, dataset)
     if resume is None:
         path = share(_start_run_dir, out if out is not None else default_run_dir(config),
                      overwrite, config, dataset, model, device)
@@ -393,7 +410,7 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
 
     try:
         result = fit(
-            model, dataset.train, estimator=config["estimator"], epochs=config["epochs"],
+            model, train_data, estimator=estimator, epochs=config["epochs"],
             batch_size=config["batch_size"], lr=config["lr"], optimizer=config["optimizer"],
             seed=config["seed"], device=config["device"] if distributed else device,
             beta=config["beta"], beta_warmup_epochs=config["beta_warmup_epochs"],
@@ -509,6 +526,9 @@ def summary_table(run: Run) -> str:
     ks = {col.get("num_samples") for _, col in columns if col.get("num_samples")}
     rows.append((f"log p(x), K={'/'.join(map(str, sorted(ks))) or '-'}", "log_likelihood"))
     rows.append(("active units", "active_units"))
+    kinds = {col.get("accuracy_kind") for _, col in columns} - {None}
+    if kinds:
+        rows.append((f"{'/'.join(sorted(kinds))} accuracy", "accuracy"))
     width = max(len(r[0]) for r in rows) + 2
     header = " " * width + "".join(f"{name:>13}" for name, _ in columns)
     table = [header]

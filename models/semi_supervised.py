@@ -1,0 +1,191 @@
+"""M2, the semi-supervised VAE of Kingma, Rezende, Mohamed & Welling (2014).
+
+Generative story, per datapoint n (C classes):
+
+    y_n ~ Categorical(1/C, ..., 1/C),   z_n ~ N(0, I),   x_n ~ p(x | decoder([z_n, onehot y_n]))
+
+Guide: q(y_n | x_n) = Categorical(softmax(classifier(x_n))) (the classifier), then
+z_n ~ q(z | x_n, y_n), a guide family on an encoder of [x_n, onehot(y_n)].
+
+Labels: a batch is ``(x, labels)`` with ``labels[n] = -1`` where the label is missing (or
+just ``x``: nothing labelled). For a labelled point the guide's q(y | x) is replaced by the
+point mass on its label, so its term of the ELBO is exactly Kingma et al.'s
+
+    L(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y) + log p(z) - log q(z | x, y)],
+
+and for an unlabelled point it is U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)) (exactly, under
+enumeration). Every datapoint shares one ``"data"`` plate, so minibatches may mix both.
+
+Auxiliary classification term (Kingma et al.'s J^alpha): while the module is in training
+mode, ``alpha * N * (mean over the batch's labelled points of log q(y_n | x_n))`` is added
+to the objective (N: the training-set size, ``num_data``), so ``alpha = 0.1`` is the
+paper's choice alpha = 0.1 N. It is a training term only: in evaluation mode
+(``model.eval()``, which :func:`~pyro_vae.inference.evaluate` sets) it is absent and every
+reported number is the ELBO or log-likelihood of the generative model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro.nn import PyroModule, pyro_method
+from torch import nn
+
+from pyro_vae.models import registry
+from pyro_vae.models._validation import check_positive_int
+from pyro_vae.models.discrete import (
+    BaselineNetwork,
+    check_labels,
+    concat_broadcast,
+    one_hot_table,
+    pin_to_labels,
+    split_parameters,
+)
+from pyro_vae.models.networks import MLP, MLPDecoder, MLPEncoder
+from pyro_vae.models.vae import check_data_matrix, data_plate
+
+
+class SemiSupervisedVAE(PyroModule):
+    """M2: p(y) p(z) p(x | y, z) with classifier q(y | x) and q(z | x, y).
+
+    ``alpha`` weighs the auxiliary classification term (see the module docstring; 0 turns
+    it off). ``likelihood`` and ``guide`` (q(z | x, y)) are registered names or modules.
+    The model's code (for figures) is [z, onehot(y)], of size ``z_dim + num_classes``.
+    """
+
+    #: class c of the model is label c (labels supervise it): accuracy needs no matching
+    labels_identified = True
+    discrete_sites = ("y",)
+
+    def __init__(self, x_dim: int, num_classes: int = 10, z_dim: int = 8, *,
+                 likelihood="bernoulli", guide="diagonal", hidden: Sequence[int] = (256, 256),
+                 activation: str = "relu", alpha: float = 0.1,
+                 likelihood_options: dict | None = None, guide_options: dict | None = None,
+                 baseline_hidden: Sequence[int] = (64,)):
+        super().__init__()
+        self.x_dim = check_positive_int(x_dim, "x_dim")
+        self.z_dim = check_positive_int(z_dim, "z_dim")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        if not (isinstance(alpha, (int, float)) and alpha >= 0):
+            raise ValueError(f"alpha (the weight of the auxiliary classification term) must be "
+                             f">= 0; got {alpha!r}. Kingma et al. use alpha=0.1; 0 turns it off.")
+        self.alpha = float(alpha)
+        hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
+        self.classifier = MLP(x_dim, hidden, num_classes, activation)
+        encoder = MLPEncoder(x_dim + num_classes, hidden, activation)
+        self.decoder = MLPDecoder(z_dim + num_classes, x_dim, hidden, activation)
+        self.guide_family = registry.build("guide", guide, guide_options, encoder=encoder,
+                                           z_dim=z_dim)
+        self.likelihood = registry.build("likelihood", likelihood, likelihood_options,
+                                         x_dim=x_dim)
+        self.baseline_network = BaselineNetwork(x_dim, self.discrete_sites, baseline_hidden)
+        named = isinstance(likelihood, str) and isinstance(guide, str)
+        self.config = None if not named else {
+            "class": "SemiSupervisedVAE", "x_dim": x_dim, "num_classes": num_classes,
+            "z_dim": z_dim, "likelihood": likelihood, "guide": guide, "hidden": list(hidden),
+            "activation": activation, "alpha": self.alpha,
+            "likelihood_options": dict(likelihood_options or {}),
+            "guide_options": dict(guide_options or {}),
+            "baseline_hidden": list(baseline_hidden)}
+
+    # ---- the Pyro model and guide ---------------------------------------------------------
+    @pyro_method
+    def model(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+              num_data: int | None = None) -> None:
+        labels = check_labels(labels, len(x), self.num_classes, x.device)
+        with data_plate(x, num_data):
+            y = pyro.sample("y", dist.OneHotCategorical(logits=x.new_zeros(self.num_classes)))
+            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim),
+                                             x.new_ones(self.z_dim)).to_event(1))
+            self.likelihood(self.decoder(concat_broadcast(z, y)), x)
+            if self.training and self.alpha > 0 and labels is not None:
+                labelled = labels >= 0
+                if bool(labelled.any()):
+                    log_q = torch.log_softmax(self.classifier(x), -1).gather(
+                        -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                    weight = self.alpha * len(x) / int(labelled.sum())
+                    pyro.factor("classification", weight * log_q * labelled.to(x.dtype))
+
+    @pyro_method
+    def guide(self, x: torch.Tensor, labels: torch.Tensor | None = None,
+              num_data: int | None = None) -> None:
+        labels = check_labels(labels, len(x), self.num_classes, x.device)
+        with data_plate(x, num_data):
+            logits = pin_to_labels(self.classifier(x), labels)
+            y = pyro.sample("y", dist.OneHotCategorical(logits=logits))
+            self.guide_family(concat_broadcast(x, y))
+
+    # ---- checks, groups and conveniences --------------------------------------------------
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
+        check_data_matrix(x, self.x_dim, what=what)
+        self.likelihood.check_data(x)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``classifier`` (q(y|x)), ``encoder`` (q(z|x,y)) and ``decoder`` (p(x|y,z))."""
+        return split_parameters(self, {"classifier": [self.classifier],
+                                       "encoder": [self.guide_family]},
+                                exclude=[self.baseline_network])
+
+    def _reference(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @torch.no_grad()
+    def y_posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y | x), the classifier's class probabilities, shape (N, C)."""
+        return torch.softmax(self.classifier(x), -1)
+
+    @torch.no_grad()
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """argmax_y q(y | x), shape (N,)."""
+        return self.classifier(x).argmax(-1)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The code [E_q[z | x], q(y | x)] with E_q[z|x] = sum_y q(y|x) E_q[z|x,y];
+        shape (N, z_dim + C)."""
+        probs = self.y_posterior(x)
+        table = one_hot_table(self.num_classes, x).unsqueeze(-2)
+        means = self.guide_family.mean(concat_broadcast(x, table))          # (C, N, z)
+        return torch.cat([(probs.T.unsqueeze(-1) * means).sum(0), probs], -1)
+
+    @torch.no_grad()
+    def decode(self, code: torch.Tensor) -> torch.Tensor:
+        """E[x | z, y] for codes [z, y] of shape (..., z_dim + C) (a soft y mixes classes in
+        the decoder's input)."""
+        return self.likelihood.mean(self.decoder(code))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+    def _labels(self, n: int, c) -> torch.Tensor:
+        device = self._reference().device
+        if c is None:
+            return torch.randint(self.num_classes, (n,), device=device)
+        labels = torch.as_tensor(c, device=device).long()
+        if bool(((labels < 0) | (labels >= self.num_classes)).any()):
+            raise ValueError(f"class c must lie in 0..{self.num_classes - 1}; got {c!r}")
+        return labels.expand(n) if labels.dim() == 0 else labels
+
+    @torch.no_grad()
+    def sample_latent(self, n: int, c=None) -> torch.Tensor:
+        """n codes [z, onehot y] with z ~ N(0, I) and y ~ p(y) (or y = c)."""
+        n = check_positive_int(n, "n")
+        reference = self._reference()
+        y = one_hot_table(self.num_classes, reference)[self._labels(n, c)]
+        z = torch.randn(n, self.z_dim, dtype=reference.dtype, device=reference.device)
+        return torch.cat([z, y], -1)
+
+    @torch.no_grad()
+    def sample_observations(self, code: torch.Tensor) -> torch.Tensor:
+        """One draw x ~ p(x | z, y) per code."""
+        return self.likelihood.distribution(self.decoder(code)).sample()
+
+    @torch.no_grad()
+    def sample(self, n: int, c=None) -> torch.Tensor:
+        """E[x | z, y] for n draws z ~ N(0, I), y ~ p(y) (or class ``c``), shape (n, x_dim)."""
+        return self.decode(self.sample_latent(n, c))
