@@ -252,7 +252,8 @@ def model_filename(estimator: str, seed: int) -> str:
 
 
 def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=None,
-                   overwrite: bool = False, quiet: bool = True,
+                   train_data=None, test_labels=None, overwrite: bool = False,
+                   quiet: bool = True,
                    progress: Callable[[RunResult], None] | None = None
                    ) -> tuple[ComparisonResult, dict[str, Path]]:
     """Load the data, compare the estimators, and write everything into ``directory``.
@@ -260,7 +261,10 @@ def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=Non
     ``config`` holds any of :data:`COMPARISON_DEFAULTS` (unknown keys are an error; a
     budget is required); its ``model`` is a dict of VAE keyword arguments or a factory
     ``seed -> model`` (e.g. :class:`pyro_vae.runs.ModelFactory`). ``dataset`` (a
-    :class:`pyro_vae.Dataset`) replaces loading by name. Writes ``config.json``, the files
+    :class:`pyro_vae.Dataset`) replaces loading by name. ``train_data`` replaces the
+    training split (e.g. M2's points joined with their partly hidden labels); ``test_labels``
+    (one per test point) add test accuracy for a model with a discrete class site. Writes
+    ``config.json``, the files
     of :func:`save_comparison` and, with ``save_models``, one model file per run. Existing
     outputs are an error unless ``overwrite``; the check happens before any training.
     """
@@ -286,8 +290,11 @@ def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=Non
     else:   # a factory seed -> model; config.json records its configuration if it has one
         settings["model"] = getattr(model, "config", None) or repr(model)
     test = first_points(data.test, settings["test_points"])
+    if test_labels is not None:
+        test_labels = test_labels[:len(test)]
     result = compare(
-        model, data.train, test, settings["estimators"], seeds=settings["seeds"],
+        model, data.train if train_data is None else train_data, test,
+        settings["estimators"], seeds=settings["seeds"],
         epochs=settings["epochs"], max_seconds=settings["max_seconds"],
         batch_size=settings["batch_size"], lr=settings["lr"], optimizer=settings["optimizer"],
         validation_data=data.validation if settings["validation"] else None,
@@ -295,7 +302,7 @@ def run_comparison(config: Mapping, directory: str | os.PathLike, *, dataset=Non
         eval_seed=settings["eval_seed"], khat_samples=settings["khat_samples"],
         khat_points=settings["khat_points"], device=settings["device"],
         fit_options=settings["fit_options"], keep_models=settings["save_models"],
-        quiet=quiet, on_run=progress)
+        quiet=quiet, on_run=progress, test_labels=test_labels)
     result.settings["dataset"] = getattr(data, "name", settings["dataset"])
     written = {"config": write_text(config_path, json.dumps(_json_ready(settings), indent=1,
                                                             default=str))}

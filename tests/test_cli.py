@@ -318,3 +318,18 @@ def test_diagnose_writes_snr_khat_and_posterior(trained, tmp_path, capsys):
         assert main(argv_bad) == 2, argv_bad
         assert message in capsys.readouterr().err
     assert _snapshot(out) == before
+
+
+def test_compare_command_on_a_discrete_model_trains_with_labels_and_reports_accuracy(
+        tmp_path, capsys):
+    out = tmp_path / "m2"
+    assert main(["compare", "--model", "m2", "--labels", "50", "--hidden", "16",
+                 "--estimators", "enum", "relaxed", "--epochs", "1", "--seeds", "0",
+                 "--eval-samples", "10", "--khat-samples", "0", "--test-points", "40",
+                 "--device", "cpu", "--quiet", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "test accuracy" in printed and "y summed exactly" in printed
+    with open(out / "runs.csv") as handle:
+        runs = list(csv.DictReader(handle))
+    assert [r["estimator"] for r in runs] == ["enum", "relaxed"]
+    assert all(0.0 <= float(r["accuracy"]) <= 1.0 for r in runs)

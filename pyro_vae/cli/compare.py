@@ -139,6 +139,7 @@ def resolve_comparison(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pyro_vae.discrete import evaluation_labels, training_data
     from pyro_vae.reports import run_comparison
     from pyro_vae.runs import ModelFactory, default_run_dir, load_data
     config, settings = resolve_comparison(args)
@@ -158,8 +159,11 @@ def run(args: argparse.Namespace) -> int:
               f"  ELBO {m['elbo']:9.3f}  {m['epochs']:.1f} epochs in {run.train_seconds:.1f} s",
               flush=True)
 
+    probe = settings["model"](0)
     try:
         result, written = run_comparison(settings, out, dataset=dataset,
+                                         train_data=training_data(config, dataset),
+                                         test_labels=evaluation_labels(probe, dataset, "test"),
                                          overwrite=args.overwrite, quiet=args.quiet,
                                          progress=progress)
     except FileExistsError as error:   # checked before any training
