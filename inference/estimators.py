@@ -29,6 +29,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import pyro
 import pyro.infer
 import torch
 from pyro.distributions.util import scale_and_mask
@@ -65,6 +66,16 @@ class DeviceLossMixin:
     """
 
     jit = False
+
+    def _vectorized_num_particles(self, fn):
+        """Pyro's particles plate, its size also given as ``subsample_size``: the same plate
+        (scale 1), but when compiled the size stays a Python number instead of a traced
+        tensor that would turn every site's scale into a float32 tensor."""
+        if self.num_particles == 1:
+            return fn
+        return pyro.plate("num_particles_vectorized", self.num_particles,
+                          subsample_size=self.num_particles,
+                          dim=-self.max_plate_nesting)(fn)
 
     def _objective(self, model, guide, args, kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, surrogate loss) of one step, all particles: what gets compiled."""
