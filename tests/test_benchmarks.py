@@ -18,8 +18,9 @@ def scripts():
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import eval_throughput
+        import host_reads
         import step_overhead
-        yield step_overhead, eval_throughput
+        yield step_overhead, eval_throughput, host_reads
     finally:
         sys.path.remove(str(BENCHMARKS))
 
@@ -33,6 +34,14 @@ def run_step_overhead(module, device: str) -> str:
 def run_eval_throughput(module, device: str) -> None:
     module.main(["--device", device, "--ks", "5", "--points", "4", "--naive-points", "2",
                  "--repeats", "1", "--no-memory"])
+
+
+@pytest.mark.parametrize("spec, validation", [("elbo", False), ("iwae:k=2,jit=1", True)])
+def test_a_fit_step_reads_one_value_back_to_the_host(scripts, spec, validation):
+    """The running loss stays on the device: the one read per step is the non-finite guard's
+    flag (the eager path under distribution validation adds torch's own checks)."""
+    counts = scripts[2].reads_per_step(spec, validation, torch.device("cpu"), steps=4)
+    assert counts == {"tolist": 1.0}
 
 
 @pytest.mark.slow
