@@ -38,6 +38,8 @@ from pyro_vae.inference.estimators import (
     ESTIMATORS,
     EstimatorSpec,
     MinibatchRenyiELBO,
+    SyncFreeTrace_ELBO,
+    SyncFreeTraceMeanField_ELBO,
     make_estimator,
     parse_estimator,
     register_estimator,
@@ -74,7 +76,8 @@ from pyro_vae.inference.training import (
 )
 
 __all__ = [
-    "ESTIMATORS", "EstimatorSpec", "MinibatchRenyiELBO", "make_estimator", "parse_estimator",
+    "ESTIMATORS", "EstimatorSpec", "MinibatchRenyiELBO", "SyncFreeTrace_ELBO",
+    "SyncFreeTraceMeanField_ELBO", "make_estimator", "parse_estimator",
     "register_estimator", "valid_specs", "FreeBitsELBO",
     "EvaluationResult", "NotPerDatapointError", "PointMassGuideError",
     "active_units", "elbo_terms", "evaluate",

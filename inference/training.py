@@ -5,6 +5,14 @@ One path serves every estimator (RenyiELBO and TraceGraph_ELBO have no
 by Pyro, checked for NaN/inf, optionally clipped, and applied by a plain ``torch.optim``
 optimizer over the module's parameters.
 
+The step keeps the device busy: the built-in estimators return the loss as a tensor on the
+device (``device_loss_and_grads``, the same numbers as ``loss_and_grads``), the epoch's
+running loss is summed there and read once, for the epoch's record, and the one value a
+step reads back is the flag "loss and gradient norm are finite", which the non-finite guard
+needs before it lets the optimizer step. The data are moved to the device once, before the
+first epoch. An estimator compiled with ``jit=1`` replays a recorded graph instead of
+tracing the model every step; the steps of a KL warm-up (a new beta each) run eagerly.
+
 Minibatches are scaled to the full data: a model whose ``model``/``guide`` accept a
 ``num_data`` keyword receives the training-set size and scales its ``"data"`` plate by N/B,
 so the loss is an unbiased estimate of the full-data objective; reported losses are divided
@@ -346,14 +354,23 @@ class _Fit:
                  settings: dict, monitor_index, order: torch.Generator, nesting: int,
                  batch_size: int, beta: float, warmup_steps: int, clip_norm, scaled: bool,
                  nonfinite: str, max_skipped_steps: int, device,
-                 parallel: DataParallel | None = None):
+                 parallel: DataParallel | None = None, validation: tuple | None = None):
         self.model, self.source, self.elbo = model, source, elbo
+        self.validation = validation
         self.optimizer, self.lr_scheduler, self.schedules = optimizer, lr_scheduler, schedules
         self.settings, self.monitor_index, self.order = settings, monitor_index, order
         self.nesting, self.batch_size, self.beta = nesting, batch_size, beta
         self.warmup_steps, self.clip_norm, self.scaled = warmup_steps, clip_norm, scaled
         self.nonfinite, self.max_skipped_steps, self.device = nonfinite, max_skipped_steps, device
         self.parallel = parallel
+        # bound once: a compiled estimator keys its graph on them, and every step saves the
+        # attribute lookups; the parameters are the optimizer's, fixed for the fit
+        self.model_fn, self.guide_fn = model.model, model.guide
+        self.parameters = list(model.parameters())
+        # the estimator can leave the loss on the device (no host read per site): used
+        # unless the gradients are all-reduced, which needs the loss on the host anyway
+        self.device_loss = parallel is None and callable(
+            getattr(elbo, "device_loss_and_grads", None))
         self.n = len(source)
         self.steps_per_epoch = math.ceil(self.n / batch_size)
         self.step_kwargs = {"num_data": self.n} if scaled else {}
@@ -380,7 +397,7 @@ class _Fit:
             "format": STATE_FORMAT, "version": STATE_VERSION,
             "epoch": self.epoch, "step": self.step, "skipped_steps": self.skipped_steps,
             "epoch_progress": {"batch": self.batch_in_epoch, "permutation": self.permutation,
-                               "loss_sum": self.loss_sum, "seen": self.seen,
+                               "loss_sum": float(self.loss_sum), "seen": self.seen,
                                "skipped": self.skipped_in_epoch},
             "model": self.model.state_dict(),
             "model_config": getattr(self.model, "config", None),
@@ -556,7 +573,12 @@ class _Fit:
 
     def train_step(self, batch, epoch: int, batch_number: int, global_size: int) -> None:
         """One optimizer step on ``batch`` (this rank's shard of a global batch of
-        ``global_size`` points; the whole batch in one process)."""
+        ``global_size`` points; the whole batch in one process).
+
+        With an estimator that leaves the loss on the device the step reads one value to
+        the host, the flag "loss and gradient norm are finite" that decides whether the
+        optimizer may step; the running loss stays on the device until the epoch's record.
+        """
         model, optimizer = self.model, self.optimizer
         beta = beta_schedule(self.beta, self.warmup_steps, self.step)
         self.current_beta = beta
@@ -566,8 +588,16 @@ class _Fit:
         if len(batch[0]):   # a rank's shard of a small last batch can be empty
             try:
                 with scale_latent_sites(beta):
-                    loss = self.elbo.loss_and_grads(model.model, model.guide, *batch,
-                                                    **self.step_kwargs)
+                    if self.device_loss:
+                        # while beta ramps up every step has its own KL weight: a compiled
+                        # estimator would compile each one, so those steps run eagerly
+                        loss = self.elbo.device_loss_and_grads(
+                            self.model_fn, self.guide_fn, *batch,
+                            compiled=None if self.step >= self.warmup_steps else False,
+                            **self.step_kwargs)
+                    else:
+                        loss = self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *batch,
+                                                        **self.step_kwargs)
             except ValueError as error:
                 # distribution validation rejects NaN parameters before any loss exists
                 if "found invalid values" not in str(error):
@@ -577,22 +607,32 @@ class _Fit:
             # the loss and gradient of the global batch, identical on every rank
             weight = len(batch[0]) / global_size if self.scaled else 1.0
             loss = self.parallel.combine_gradients(model.parameters(), loss, weight)
-        if invalid is not None or not math.isfinite(loss):
-            self._fail_non_finite(batch, beta, rng_before, loss, invalid, epoch, batch_number)
+        params = [p for p in self.parameters if p.grad is not None]
+        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
+                     else None)
+        if isinstance(loss, torch.Tensor):
+            checks = [torch.isfinite(loss)] + ([] if grad_norm is None else [
+                torch.isfinite(grad_norm).to(loss.device)])
+            finite = torch.stack(checks).tolist()   # the step's one host synchronisation
+            loss_finite, grads_finite = finite[0], all(finite[1:])
+        else:
+            loss_finite = math.isfinite(loss)
+            grads_finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+        if invalid is not None or not loss_finite:
+            self._fail_non_finite(batch, beta, rng_before, float(loss), invalid, epoch,
+                                  batch_number)
             return
-        params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-        if not bool(torch.isfinite(grad_norm)):
+        if not grads_finite:
             bad = [name for name, p in model.named_parameters()
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
             self._fail(f"the gradient of parameter(s) {bad[:5]} became non-finite (loss "
-                       f"{loss:.6g})", epoch, batch_number, parameters=bad)
+                       f"{float(loss):.6g})", epoch, batch_number, parameters=bad)
             return
-        if self.clip_norm is not None:
+        if self.clip_norm is not None and params:
             torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
         optimizer.step()
         # a scaled batch loss estimates the full-data sum: weight it by its share b/N
-        self.loss_sum += loss * (global_size / self.n if self.scaled else 1.0)
+        self.loss_sum = self.loss_sum + loss * (global_size / self.n if self.scaled else 1.0)
         self.seen += global_size
 
     def _fail_non_finite(self, batch, beta, rng_before, loss: float, invalid, epoch: int,
@@ -623,6 +663,17 @@ class _Fit:
         self._fail(what + _found(finding, parameters) + where, epoch, batch_number,
                    site=finding and finding[0], parameters=parameters, cause=invalid)
 
+    def step_on(self, indices: torch.Tensor, epoch: int, batch_number: int) -> None:
+        """Fetch the global batch of rows ``indices`` (this rank's share of it) and take
+        one training step on it: all that a fit does per step."""
+        if self.parallel is not None:
+            batch = self.source.get(self.parallel.shard(indices))
+        else:
+            batch = self.source.get(indices)
+        self.train_step(batch, epoch, batch_number, global_size=len(indices))
+        self.step += 1
+        self.batch_in_epoch = batch_number
+
     def run_epoch(self, epoch: int, out_of_time: Callable[[], bool]) -> bool:
         """Train the rest of ``epoch``; True when a step crossed the time budget."""
         self.model.train()
@@ -632,14 +683,7 @@ class _Fit:
         self.current_beta = beta_schedule(self.beta, self.warmup_steps, self.step)
         starts = range(self.batch_in_epoch * self.batch_size, self.n, self.batch_size)
         for batch_number, start in enumerate(starts, self.batch_in_epoch + 1):
-            indices = permutation[start:start + self.batch_size]
-            if self.parallel is not None:
-                batch = self.source.get(self.parallel.shard(indices))
-            else:
-                batch = self.source.get(indices)
-            self.train_step(batch, epoch, batch_number, global_size=len(indices))
-            self.step += 1
-            self.batch_in_epoch = batch_number
+            self.step_on(permutation[start:start + self.batch_size], epoch, batch_number)
             if out_of_time():
                 if self.batch_in_epoch < self.steps_per_epoch:
                     self.rng_at_stop = capture_rng_state()
@@ -672,7 +716,7 @@ class _Fit:
         partial = self.batch_in_epoch < self.steps_per_epoch
         lr = float(self.optimizer.param_groups[0].get("lr", float("nan")))
         record = {"epoch": epoch, "step": self.step,
-                  "loss": self.loss_sum / self.seen if self.seen else float("nan"),
+                  "loss": float(self.loss_sum) / self.seen if self.seen else float("nan"),
                   "beta": self.current_beta, "lr": lr, "skipped_steps": self.skipped_in_epoch}
         if partial:
             record["partial_epoch"] = True
@@ -696,63 +740,13 @@ class _Fit:
         return record
 
 
-def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | None = None,
-        lr: float = 1e-3, optimizer="adam", seed: int | None = 0, device="cpu",
-        beta: float = 1.0, beta_warmup_epochs: float = 0, clip_norm: float | None = None,
-        validation_data=None, monitor_size: int = 1000, vectorize_particles: bool = True,
-        max_seconds: float | None = None, quiet: bool = False,
-        callbacks: Sequence[Callable[[dict], None]] = (), lr_schedule=None,
-        schedules: Mapping[str, object] | None = None,
-        checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 1,
-        resume: Mapping | None = None, nonfinite: str = "raise",
-        max_skipped_steps: int = 10, distributed: bool = False) -> FitResult:
-    """Fit ``model`` (anything with Pyro ``model``/``guide`` methods and torch parameters).
-
-    ``data`` is a tensor (N, features), a tuple of tensors (model(*batch)) or a batch source;
-    ``batch_size`` defaults to min(128, N).
-    ``estimator`` is a spec (``'elbo'``, ``'meanfield'``, ``'iwae:k=5'``,
-    ``'renyi:alpha=0.5,k=5'``) or a Pyro ELBO. ``beta`` multiplies the latent sites' log-
-    densities (KL weight), ramped linearly from 0 over ``beta_warmup_epochs``.
-    ``lr_schedule`` is a callable ``optimizer -> torch.optim.lr_scheduler`` stepped after
-    every epoch (``ReduceLROnPlateau`` is given the epoch's loss).
-
-    Each epoch records ``loss`` (the training objective per datapoint, averaged over the
-    epoch), and, on up to ``monitor_size`` fixed training points (and validation points),
-    the beta-free ``elbo``, ``recon`` = E_q log p(x|z) and ``kl`` per datapoint, plus
-    ``beta``, ``lr``, ``skipped_steps`` and ``seconds``. ``max_seconds`` is a wall-clock
-    budget (over all resumes): the fit stops after the first step that exceeds it (the last,
-    partial epoch is recorded with ``partial_epoch=True``). Each callback receives every
-    epoch record.
-
-    Non-finite values: a NaN or infinite loss or gradient raises
-    :class:`NonFiniteLossError` naming the epoch, the step and, where it can be found, the
-    sample site whose log-probability went non-finite (or the parameters). With
-    ``nonfinite='skip'`` such steps are skipped (no update) up to ``max_skipped_steps`` in
-    all; ``FitResult.skipped_steps`` and each record's ``skipped_steps`` count them.
-
-    Checkpoints and resume: ``checkpoint(state)`` is called every ``checkpoint_every``
-    epochs and at the end with the complete training state (a dict of tensors and plain
-    values, see the module docstring); a state whose weights or optimizer buffers are not
-    finite is never handed over. ``resume=state`` continues from such a state; a fit
-    interrupted and resumed ends bit-identical (CPU) to the same fit run in one go. Pass the
-    same arguments as the interrupted run (``epochs`` may grow). Schedule state: besides the
-    beta warm-up and ``lr_schedule``, every object in ``schedules`` (name -> object), the
-    estimator and each callback that has ``state_dict()`` and ``load_state_dict()`` is saved
-    and restored with the fit; a model keeps its own schedule state (e.g. a temperature) in
-    buffers, which its ``state_dict`` holds.
-
-    Data parallelism: ``distributed=True`` trains one model with every rank of the
-    initialised default ``torch.distributed`` process group (see
-    :mod:`pyro_vae.inference.data_parallel`; :mod:`pyro_vae.distributed` sets the group up
-    under ``torchrun``). Every rank calls ``fit`` with the same arguments and data;
-    ``batch_size`` is the *global* batch, split among the ranks. Rank 0's initial weights
-    are broadcast; each step the ranks' gradients and losses are combined into those of the
-    global batch (correct minibatch scaling, every estimator) before the non-finite check,
-    clipping and the optimizer step, so the ranks stay identical and skip or raise together.
-    Particle noise is drawn from per-rank seeds; records are reduced over the ranks.
-    Callbacks and ``checkpoint`` run on every rank (the checkpoint state, identical on every
-    rank, holds every rank's random state); write files from rank 0 only.
-    """
+def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, optimizer, seed, device,
+                 beta, beta_warmup_epochs, clip_norm, validation_data, monitor_size,
+                 vectorize_particles, max_seconds, callbacks, lr_schedule, schedules,
+                 checkpoint, checkpoint_every, resume, nonfinite, max_skipped_steps,
+                 distributed) -> _Fit:
+    """Check fit's arguments and build its moving parts (resumed from ``resume`` when
+    given): everything :func:`fit` does before its first step."""
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False; got {distributed!r}")
     parallel = DataParallel() if distributed else None
@@ -827,7 +821,7 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
                warmup_steps=int(round(beta_warmup_epochs * math.ceil(n / batch_size))),
                clip_norm=clip_norm, scaled=scaled,
                nonfinite=nonfinite, max_skipped_steps=max_skipped_steps, device=device,
-               parallel=parallel)
+               parallel=parallel, validation=validation)
     if resume is not None:
         run.check_compatible(resume)
         if resume["epoch"] > epochs:
@@ -837,6 +831,77 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
         run.restore_random_states(resume)
     elif checkpoint is not None:
         run.state_dict()   # fail now, not after an epoch, if some state cannot be stored
+    return run
+
+
+def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | None = None,
+        lr: float = 1e-3, optimizer="adam", seed: int | None = 0, device="cpu",
+        beta: float = 1.0, beta_warmup_epochs: float = 0, clip_norm: float | None = None,
+        validation_data=None, monitor_size: int = 1000, vectorize_particles: bool = True,
+        max_seconds: float | None = None, quiet: bool = False,
+        callbacks: Sequence[Callable[[dict], None]] = (), lr_schedule=None,
+        schedules: Mapping[str, object] | None = None,
+        checkpoint: Callable[[dict], None] | None = None, checkpoint_every: int = 1,
+        resume: Mapping | None = None, nonfinite: str = "raise",
+        max_skipped_steps: int = 10, distributed: bool = False) -> FitResult:
+    """Fit ``model`` (anything with Pyro ``model``/``guide`` methods and torch parameters).
+
+    ``data`` is a tensor (N, features), a tuple of tensors (model(*batch)) or a batch source;
+    ``batch_size`` defaults to min(128, N).
+    ``estimator`` is a spec (``'elbo'``, ``'meanfield'``, ``'iwae:k=5'``,
+    ``'renyi:alpha=0.5,k=5'``) or a Pyro ELBO. ``beta`` multiplies the latent sites' log-
+    densities (KL weight), ramped linearly from 0 over ``beta_warmup_epochs``.
+    ``lr_schedule`` is a callable ``optimizer -> torch.optim.lr_scheduler`` stepped after
+    every epoch (``ReduceLROnPlateau`` is given the epoch's loss).
+
+    Each epoch records ``loss`` (the training objective per datapoint, averaged over the
+    epoch), and, on up to ``monitor_size`` fixed training points (and validation points),
+    the beta-free ``elbo``, ``recon`` = E_q log p(x|z) and ``kl`` per datapoint, plus
+    ``beta``, ``lr``, ``skipped_steps`` and ``seconds``. ``max_seconds`` is a wall-clock
+    budget (over all resumes): the fit stops after the first step that exceeds it (the last,
+    partial epoch is recorded with ``partial_epoch=True``). Each callback receives every
+    epoch record.
+
+    Non-finite values: a NaN or infinite loss or gradient raises
+    :class:`NonFiniteLossError` naming the epoch, the step and, where it can be found, the
+    sample site whose log-probability went non-finite (or the parameters). With
+    ``nonfinite='skip'`` such steps are skipped (no update) up to ``max_skipped_steps`` in
+    all; ``FitResult.skipped_steps`` and each record's ``skipped_steps`` count them.
+
+    Checkpoints and resume: ``checkpoint(state)`` is called every ``checkpoint_every``
+    epochs and at the end with the complete training state (a dict of tensors and plain
+    values, see the module docstring); a state whose weights or optimizer buffers are not
+    finite is never handed over. ``resume=state`` continues from such a state; a fit
+    interrupted and resumed ends bit-identical (CPU) to the same fit run in one go. Pass the
+    same arguments as the interrupted run (``epochs`` may grow). Schedule state: besides the
+    beta warm-up and ``lr_schedule``, every object in ``schedules`` (name -> object), the
+    estimator and each callback that has ``state_dict()`` and ``load_state_dict()`` is saved
+    and restored with the fit; a model keeps its own schedule state (e.g. a temperature) in
+    buffers, which its ``state_dict`` holds.
+
+    Data parallelism: ``distributed=True`` trains one model with every rank of the
+    initialised default ``torch.distributed`` process group (see
+    :mod:`pyro_vae.inference.data_parallel`; :mod:`pyro_vae.distributed` sets the group up
+    under ``torchrun``). Every rank calls ``fit`` with the same arguments and data;
+    ``batch_size`` is the *global* batch, split among the ranks. Rank 0's initial weights
+    are broadcast; each step the ranks' gradients and losses are combined into those of the
+    global batch (correct minibatch scaling, every estimator) before the non-finite check,
+    clipping and the optimizer step, so the ranks stay identical and skip or raise together.
+    Particle noise is drawn from per-rank seeds; records are reduced over the ranks.
+    Callbacks and ``checkpoint`` run on every rank (the checkpoint state, identical on every
+    rank, holds every rank's random state); write files from rank 0 only.
+    """
+    run = _prepare_fit(
+        model, data, estimator=estimator, epochs=epochs, batch_size=batch_size, lr=lr,
+        optimizer=optimizer, seed=seed, device=device, beta=beta,
+        beta_warmup_epochs=beta_warmup_epochs, clip_norm=clip_norm,
+        validation_data=validation_data, monitor_size=monitor_size,
+        vectorize_particles=vectorize_particles, max_seconds=max_seconds, callbacks=callbacks,
+        lr_schedule=lr_schedule, schedules=schedules, checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every, resume=resume, nonfinite=nonfinite,
+        max_skipped_steps=max_skipped_steps, distributed=distributed)
+    parallel, settings, validation = run.parallel, run.settings, run.validation
+    spec = settings["estimator"]
     result = FitResult(settings=settings, resumed_from_epoch=None if resume is None
                        else resume["epoch"])
 

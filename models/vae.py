@@ -32,10 +32,13 @@ NETWORKS = ("mlp", "conv")
 def data_plate(x: torch.Tensor, num_data: int | None = None) -> pyro.plate:
     """The ``"data"`` plate over the batch ``x``; with ``num_data`` it is a subsample of
     ``num_data`` points, so sites inside it are scaled by ``num_data / len(x)``."""
-    batch = x.shape[0]
+    # int(): a compiled (traced) step sees sizes as tensors; the plate's sizes, and so the
+    # minibatch scale N/B, stay Python numbers as in an eager step
+    batch = int(x.shape[0])
     if num_data is None or num_data == batch:
         return pyro.plate("data", batch)
-    return pyro.plate("data", size=num_data, subsample=torch.arange(batch, device=x.device))
+    return pyro.plate("data", size=num_data, subsample_size=batch,
+                      subsample=torch.arange(batch, device=x.device))
 
 
 def check_data_matrix(x, x_dim: int | None = None, *, what: str = "data") -> None:

@@ -1,0 +1,70 @@
+"""The benchmark scripts run end to end at tiny sizes (slow), and with --device cuda where a
+GPU is present. Their correctness checks (the plain reference computes pyro-vae's objective)
+are in test_fast_paths.py; nothing here times anything."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def scripts():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import eval_throughput
+        import host_reads
+        import step_overhead
+        yield step_overhead, eval_throughput, host_reads
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def run_step_overhead(module, device: str) -> str:
+    module.main(["--device", device, "--estimators", "elbo", "iwae:k=2", "--batch-sizes", "8",
+                 "--rounds", "2", "--block-seconds", "0", "--warmup", "2", "--x-dim", "16",
+                 "--hidden", "8", "--z-dim", "2", "--no-validation"])
+
+
+def run_eval_throughput(module, device: str) -> None:
+    module.main(["--device", device, "--ks", "5", "--points", "4", "--naive-points", "2",
+                 "--repeats", "1", "--no-memory"])
+
+
+@pytest.mark.parametrize("spec, validation", [("elbo", False), ("iwae:k=2,jit=1", True)])
+def test_a_fit_step_reads_one_value_back_to_the_host(scripts, spec, validation):
+    """The running loss stays on the device: the one read per step is the non-finite guard's
+    flag (the eager path under distribution validation adds torch's own checks)."""
+    counts = scripts[2].reads_per_step(spec, validation, torch.device("cpu"), steps=4)
+    assert counts == {"tolist": 1.0}
+
+
+@pytest.mark.slow
+def test_step_overhead_prints_a_ratio_per_estimator_and_batch(scripts, capsys):
+    run_step_overhead(scripts[0], "cpu")
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("elbo ", "iwae"))]
+    assert [row[:2] for row in rows] == [["elbo", "8"], ["iwae:k=2", "8"]]
+    assert all(row[-1].endswith("x") and float(row[-1][:-1]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_eval_throughput_prints_floor_naive_and_plain_ratios(scripts, capsys):
+    run_eval_throughput(scripts[1], "cpu")
+    out = capsys.readouterr().out
+    row = next(line.split() for line in out.splitlines() if line.strip().startswith("5 "))
+    assert len(row) == 9 and all(cell.endswith("x") for cell in row[-3:])
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_benchmarks_run_unchanged_on_cuda(scripts, capsys):
+    run_step_overhead(scripts[0], "cuda")
+    run_eval_throughput(scripts[1], "cuda")
+    out = capsys.readouterr().out
+    assert "device    cuda" in out and "gpu " in out
