@@ -625,8 +625,19 @@ class _Fit:
         if not grads_finite:
             bad = [name for name, p in model.named_parameters()
                    if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
-            self._fail(f"the gradient of parameter(s) {bad[:5]} became non-finite (loss "
-                       f"{float(loss):.6g})", epoch, batch_number, parameters=bad)
+            if bad:
+                what = f"the gradient of parameter(s) {bad[:5]} became non-finite"
+            else:   # every element finite, yet the total norm overflowed its dtype
+                name, p = max(((n, p) for n, p in model.named_parameters()
+                               if p.grad is not None),
+                              key=lambda item: float(item[1].grad.abs().max()))
+                what = (f"every gradient element is finite but their total norm overflows "
+                        f"{str(grad_norm.dtype).removeprefix('torch.')} (largest |gradient| "
+                        f"{float(p.grad.abs().max()):.3g}, in {name}); the gradients are far "
+                        "too large: lower the learning rate or rescale the data (e.g. log1p "
+                        "of counts)")
+                bad = [name]
+            self._fail(f"{what} (loss {float(loss):.6g})", epoch, batch_number, parameters=bad)
             return
         if self.clip_norm is not None and params:
             torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)

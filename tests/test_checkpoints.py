@@ -199,6 +199,18 @@ def test_non_finite_gradient_names_the_parameter(tmp_path, x, saved_bytes):
     assert (run / "checkpoint.pt").read_bytes() == saved_bytes[-1][1]
 
 
+def test_finite_gradients_whose_norm_overflows_are_named_as_such(tmp_path, x):
+    """Every gradient element finite, their float32 total norm inf: the error says so and
+    names the parameter with the largest gradient (not an empty list)."""
+    model = new_model()
+    model.decoder[0].weight.register_hook(lambda grad: torch.full_like(grad, 1e30))
+    with pytest.raises(pv.NonFiniteLossError, match=r"every gradient element is finite but "
+                       r"their total norm overflows float32 \(largest \|gradient\| 1e\+30, "
+                       r"in decoder.0.weight\)") as info:
+        pv.fit(model, x, **SETTINGS)
+    assert info.value.parameters == ["decoder.0.weight"]
+
+
 def test_a_non_finite_state_is_never_checkpointed(tmp_path, x, saved_bytes):
     model = new_model()
 
