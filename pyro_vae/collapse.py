@@ -51,15 +51,16 @@ class CollapseResult:
 
 
 def run_collapse_study(dataset: Dataset | str = "digits", *, z_dim: int = 16, beta: float = 4.0,
-                       free_bits: float = 0.5, warmup_epochs: int | None = None,
+                       free_bits: float = 0.5, warmup_epochs: float | None = None,
                        epochs: int = 100, hidden=(256, 256), batch_size: int = 128,
                        lr: float = 1e-3, likelihood: str | None = None, seed: int = 0,
                        num_samples: int = 500, device: str = "cpu", quiet: bool = True,
                        figure: bool = True) -> CollapseResult:
     """Fit ``plain``, ``annealed`` and ``free bits`` variants of one VAE (see module doc) and
-    compare active units and KL per dimension. ``warmup_epochs`` defaults to half the epochs."""
+    compare active units and KL per dimension. ``warmup_epochs`` defaults to half the epochs
+    (a fraction of an epoch is allowed, so even ``epochs=1`` anneals)."""
     dataset = as_dataset(dataset)
-    warmup_epochs = epochs // 2 if warmup_epochs is None else warmup_epochs
+    warmup_epochs = epochs / 2 if warmup_epochs is None else warmup_epochs
     likelihood = likelihood or dataset.suggested_likelihood
     plans = {
         "plain": {"estimator": "meanfield"},
