@@ -105,3 +105,23 @@ def split_parameters(model: nn.Module, groups: dict[str, Sequence[nn.Module]],
         taken |= {id(p) for p in module.parameters()}
     out["decoder"] = [p for p in model.parameters() if id(p) not in taken]
     return out
+
+
+class ClassSiteModel:
+    """What the models with one class site y share (mixed into a PyroModule that has
+    ``classifier`` (logits of q(y|x)), ``guide_family`` (q(z|x,y)) and ``baseline_network``)."""
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """``classifier`` (q(y|x)), ``encoder`` (q(z|x,y)) and ``decoder`` (everything of the
+        generative model); the score-function baseline network is in none of them."""
+        return split_parameters(self, {"classifier": [self.classifier],
+                                       "encoder": [self.guide_family]},
+                                exclude=[self.baseline_network])
+
+    def _reference(self) -> torch.Tensor:
+        return next(self.parameters())
+
+    @torch.no_grad()
+    def y_posterior(self, x: torch.Tensor) -> torch.Tensor:
+        """q(y | x), the classifier's class probabilities, shape (N, C)."""
+        return torch.softmax(self.classifier(x), -1)

@@ -30,9 +30,9 @@ from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
 from pyro_vae.models.discrete import (
     BaselineNetwork,
+    ClassSiteModel,
     concat_broadcast,
     one_hot_table,
-    split_parameters,
 )
 from pyro_vae.models.networks import MLP, MLPDecoder, MLPEncoder
 from pyro_vae.models.vae import check_data_matrix, data_plate
@@ -40,7 +40,7 @@ from pyro_vae.models.vae import check_data_matrix, data_plate
 _SOFTPLUS_ONE = math.log(math.e - 1.0)   # softplus(_SOFTPLUS_ONE) == 1
 
 
-class GaussianMixtureVAE(PyroModule):
+class GaussianMixtureVAE(ClassSiteModel, PyroModule):
     """p(y) p(z | y) p(x | z) with a learned Gaussian component per cluster y.
 
     ``num_components`` clusters; ``learn_weights=False`` keeps pi uniform. Component means
@@ -137,21 +137,6 @@ class GaussianMixtureVAE(PyroModule):
         """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
         check_data_matrix(x, self.x_dim, what=what)
         self.likelihood.check_data(x)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``classifier`` (q(y|x)), ``encoder`` (q(z|x,y)) and ``decoder`` (everything of the
-        generative model); the score-function baseline network is in none of them."""
-        return split_parameters(self, {"classifier": [self.classifier],
-                                       "encoder": [self.guide_family]},
-                                exclude=[self.baseline_network])
-
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    @torch.no_grad()
-    def y_posterior(self, x: torch.Tensor) -> torch.Tensor:
-        """q(y | x) for every row, shape (N, C)."""
-        return torch.softmax(self.classifier(x), -1)
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

@@ -32,23 +32,22 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.nn import PyroModule, pyro_method
-from torch import nn
 
 from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
 from pyro_vae.models.discrete import (
     BaselineNetwork,
+    ClassSiteModel,
     check_labels,
     concat_broadcast,
     one_hot_table,
     pin_to_labels,
-    split_parameters,
 )
 from pyro_vae.models.networks import MLP, MLPDecoder, MLPEncoder
 from pyro_vae.models.vae import check_data_matrix, data_plate
 
 
-class SemiSupervisedVAE(PyroModule):
+class SemiSupervisedVAE(ClassSiteModel, PyroModule):
     """M2: p(y) p(z) p(x | y, z) with classifier q(y | x) and q(z | x, y).
 
     ``alpha`` weighs the auxiliary classification term (see the module docstring; 0 turns
@@ -123,20 +122,6 @@ class SemiSupervisedVAE(PyroModule):
         """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
         check_data_matrix(x, self.x_dim, what=what)
         self.likelihood.check_data(x)
-
-    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """``classifier`` (q(y|x)), ``encoder`` (q(z|x,y)) and ``decoder`` (p(x|y,z))."""
-        return split_parameters(self, {"classifier": [self.classifier],
-                                       "encoder": [self.guide_family]},
-                                exclude=[self.baseline_network])
-
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
-
-    @torch.no_grad()
-    def y_posterior(self, x: torch.Tensor) -> torch.Tensor:
-        """q(y | x), the classifier's class probabilities, shape (N, C)."""
-        return torch.softmax(self.classifier(x), -1)
 
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:

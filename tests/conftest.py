@@ -108,3 +108,12 @@ def binary_digits():
 def mc_tolerance(samples: torch.Tensor, sigmas: float = 4.0) -> float:
     """sigmas x the standard error of the mean of ``samples``."""
     return sigmas * samples.std().item() / math.sqrt(samples.numel())
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a busy machine they cost a lot."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -4,7 +4,6 @@ import json
 
 import matplotlib.image
 import pytest
-import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main
@@ -15,12 +14,7 @@ FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "128", "--eval-sample
         "--quiet", "--device", "cpu", "--z-dim", "2"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_m2_run_hides_labels_trains_with_score_avg_and_reports_accuracy(tmp_path, capsys):

@@ -21,14 +21,7 @@ from pyro_vae.inference import (
 )
 from pyro_vae.models import CategoricalVAE, GaussianMixtureVAE, SemiSupervisedVAE, data_plate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def test_each_baseline_lowers_the_score_gradient_variance(binary_digits):
     """At fixed parameters on one minibatch: the running average and the neural baseline

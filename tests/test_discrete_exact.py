@@ -20,14 +20,7 @@ from pyro_vae.inference import (
 )
 from pyro_vae.models import CategoricalVAE, GaussianMixtureVAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny_categorical(seed=0, dtype=torch.float32):
     """Two 3-way latents, 5 binary features: 9 joint configurations."""

@@ -12,14 +12,7 @@ import pyro_vae as pv
 from pyro_vae.inference import clustering_accuracy, compare, discrete_posterior, elbo_terms, fit
 from pyro_vae.models import MLP, CategoricalVAE, GaussianMixtureVAE, SemiSupervisedVAE
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy machine they cost a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_gmvae_recovers_the_gw_populations_without_labels():
