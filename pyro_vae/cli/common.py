@@ -9,14 +9,21 @@ import numpy as np
 from pyro_vae.io import atomic_write
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def argument_type(convert, accept, expected: str):
+    """An argparse type: ``convert(text)``, kept when ``accept(value)``; anything else is
+    "expected EXPECTED; got TEXT"."""
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not accept(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+    return parse
+
+
+positive_int = argument_type(int, lambda value: value >= 1, "a positive integer")
 
 
 def int_list(text: str) -> list[int]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae.cli.common import int_list, positive_int
+from pyro_vae.cli.common import argument_type, int_list, positive_int
 from pyro_vae.cli.train import add_option_flags, collect_overrides
 from pyro_vae.config import OPTIONS, ConfigError, read_config_file, resolve_config
 from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES
@@ -36,24 +36,9 @@ RUN_ONLY = ("estimator", "epochs", "max_seconds", "seed", "checkpoint_every", "e
 DEFAULT_ESTIMATORS = ["elbo", "meanfield", "iwae:k=5", "iwae:k=50"]
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = 0.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds; got {text!r}")
-    return value
+_non_negative_int = argument_type(int, lambda value: value >= 0, "an integer >= 0")
+_positive_float = argument_type(float, lambda value: value > 0,
+                                "a positive number of seconds")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

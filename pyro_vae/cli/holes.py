@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pyro_vae.cli.common import int_list, positive_int
+from pyro_vae.cli.common import argument_type, int_list, positive_int
 from pyro_vae.cli.train import add_option_flags, collect_overrides
 from pyro_vae.config import OPTIONS, ConfigError, parse_key_values, resolve_config
 
@@ -22,29 +22,17 @@ HELP = ("the holes study: autoencoder vs VAEs with beta = 0, 1, 4 over seeds; ho
 DATA_OPTIONS = [name for name, option in OPTIONS.items() if option.group == "data"]
 
 
-def _number_list(text: str) -> list[float]:
-    try:
-        values = [float(part) for part in text.replace(",", " ").split()]
-    except ValueError:
-        values = []
-    if not values or any(not v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers >= 0 such as "
-                                         f"0,1,4; got {text!r}")
-    return values
+_number_list = argument_type(
+    lambda text: [float(part) for part in text.replace(",", " ").split()],
+    lambda values: bool(values) and all(v >= 0 for v in values),
+    "comma-separated numbers >= 0 such as 0,1,4")
 
 
 def _sweep(text: str) -> list[float] | None:
     return None if text.strip().lower() == "none" else _number_list(text)
 
 
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1; got {text!r}")
-    return value
+_fraction = argument_type(float, lambda value: 0 < value < 1, "a number between 0 and 1")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

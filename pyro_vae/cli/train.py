@@ -19,7 +19,6 @@ from pyro_vae.config import (
     read_config_file,
     resolve_config,
 )
-from pyro_vae.runs import open_run
 
 HELP = "fit a model and write a run directory (config, history, metrics, model, figures)"
 
@@ -124,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
                             quiet=args.quiet, distributed=args.distributed)
     if not is_rank_zero():
         return 0
-    trained = open_run(trained.path)
     print(summary_table(trained))
     figures = trained.figures
     if figures:
