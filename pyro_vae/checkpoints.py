@@ -110,13 +110,12 @@ def fit(model, data, *, checkpoint_dir: str | os.PathLike | None = None,
     sends it to the other ranks, and writes every checkpoint; a failure there is raised on
     every rank.
     """
-    share = _local_call
     if distributed is True:
         context = distributed_setup.init_distributed(device=options.get("device", "cpu"))
         options["device"] = context.device
-        share = distributed_setup.on_rank_zero
     elif distributed is not False:
         raise TypeError(f"distributed must be True or False; got {distributed!r}")
+    share = distributed_setup.file_work_runner(distributed)
     resumed_path, state = None, resume
     if resume is not None and not isinstance(resume, Mapping):
         resumed_path = Path(resume)
@@ -135,10 +134,6 @@ def fit(model, data, *, checkpoint_dir: str | os.PathLike | None = None,
         if resumed_path is None:
             raise
         raise CheckpointError(f"cannot resume from {str(resumed_path)!r}: {error}") from None
-
-
-def _local_call(fn, *args):
-    return fn(*args)
 
 
 def _read_resume_state(location: Path) -> tuple[Path, dict]:

@@ -363,7 +363,7 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     """
     if not isinstance(distributed, bool):
         raise TypeError(f"distributed must be True or False; got {distributed!r}")
-    share = _call_here
+    share = distributed_setup.file_work_runner(distributed)
     if distributed:
         if not distributed_setup.launched_by_torchrun():
             raise ConfigError(
@@ -372,7 +372,6 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
                 "with `torchrun --standalone --nproc_per_node=2 -m pyro_vae train "
                 "--distributed ...`, or train without --distributed")
         distributed_setup.init_distributed(device=resolve_config(config)["device"])
-        share = distributed_setup.on_rank_zero
     if resume is not None:
         path, config = share(_resumed_config, resume, config or {})
     else:
@@ -440,10 +439,6 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
         write_figures(model, dataset, result, path / FIGURES_DIR, config["seed"])
     run.update_metrics({"run": {"status": "complete", "finished": now()}})
     return run
-
-
-def _call_here(fn, *args):
-    return fn(*args)
 
 
 def _start_run_dir(out, overwrite: bool, config: dict, dataset: Dataset, model,

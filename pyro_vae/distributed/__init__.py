@@ -192,6 +192,16 @@ def on_rank_zero(fn: Callable, *args, **kwargs):
     return value
 
 
+def file_work_runner(distributed: bool) -> Callable:
+    """How a fit runs its file work ``fn(*args)``: :func:`on_rank_zero` in a distributed fit
+    (rank 0 does it, every rank gets the result or the error), a plain call otherwise."""
+    return on_rank_zero if distributed else _call
+
+
+def _call(fn: Callable, *args, **kwargs):
+    return fn(*args, **kwargs)
+
+
 def _shareable(error: Exception) -> Exception:
     """``error`` itself if it survives pickling, else a RuntimeError with its text."""
     try:
