@@ -4,7 +4,6 @@ Works with any object that has Pyro ``model(*batch)`` / ``guide(*batch)`` method
 parameters, not only :class:`pyro_vae.models.VAE`. Nothing here knows about the CLI or files.
 """
 
-from pyro_vae.inference.collapse import FreeBitsELBO
 from pyro_vae.inference.comparison import ComparisonResult, PeakMemory, RunResult, compare
 from pyro_vae.inference.data_parallel import DataParallel, particle_seed
 from pyro_vae.inference.diagnostics import (
@@ -27,24 +26,23 @@ from pyro_vae.inference.discrete import (
     score_gradient_variance,
     train_baseline_network,
 )
-from pyro_vae.inference.discrete_estimators import (
-    EnumELBO,
-    GumbelSoftmax,
-    RelaxedELBO,
-    ScoreELBO,
-    relax_discrete_sites,
-)
 from pyro_vae.inference.estimators import (
     ESTIMATORS,
+    EnumELBO,
     EstimatorSpec,
+    GumbelSoftmax,
     MinibatchRenyiELBO,
+    RelaxedELBO,
+    ScoreELBO,
     SyncFreeTrace_ELBO,
     SyncFreeTraceMeanField_ELBO,
     make_estimator,
     parse_estimator,
     register_estimator,
+    relax_discrete_sites,
     valid_specs,
 )
+from pyro_vae.inference.estimators.free_bits import FreeBitsELBO
 from pyro_vae.inference.evaluation import (
     MAX_ENUMERATION,
     EnumeratedTerms,

@@ -205,7 +205,7 @@ def train_baseline_network(model, data, *, steps: int = 200, batch_size: int = 1
     regression of ``score:baseline=nn`` on random minibatches of ``data``. Use it to
     compare baselines at the parameters of a model fitted another way (e.g. by ``enum``),
     whose baseline network was never trained. Returns the regression loss per step."""
-    from pyro_vae.inference.discrete_estimators import ScoreELBO
+    from pyro_vae.inference.estimators import ScoreELBO
 
     network = getattr(model, "baseline_network", None)
     if network is None:

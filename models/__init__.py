@@ -6,8 +6,8 @@ Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fit
 
 from pyro_vae.models.autoencoder import autoencoder
 from pyro_vae.models.categorical_vae import CategoricalVAE
+from pyro_vae.models.class_site import BaselineNetwork
 from pyro_vae.models.conditional import ConditionalVAE
-from pyro_vae.models.discrete import BaselineNetwork
 from pyro_vae.models.guides import (
     DeltaGuide,
     DiagonalNormalGuide,

@@ -24,7 +24,7 @@ from torch import nn
 
 from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
-from pyro_vae.models.discrete import BaselineNetwork, concat_broadcast, split_parameters
+from pyro_vae.models.class_site import BaselineNetwork, concat_broadcast, split_parameters
 from pyro_vae.models.networks import MLP, MLPDecoder
 from pyro_vae.models.vae import check_data_matrix, data_plate
 

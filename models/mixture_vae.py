@@ -9,7 +9,7 @@ Generative story, per datapoint n (C components):
 Guide: q(y_n | x_n) = Categorical(softmax(classifier(x_n))), then
 z_n ~ q(z | x_n, y_n), a guide family on an encoder of [x_n, onehot(y_n)].
 
-y is a one-hot ``OneHotCategorical`` site (see :mod:`pyro_vae.models.discrete`), so the
+y is a one-hot ``OneHotCategorical`` site (see :mod:`pyro_vae.models.class_site`), so the
 same model is fitted by enumeration, score-function gradients or a relaxation; the
 estimator decides (``fit(model, x, estimator="enum" | "score" | "relaxed")``).
 """
@@ -28,7 +28,7 @@ from torch import nn
 
 from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
-from pyro_vae.models.discrete import (
+from pyro_vae.models.class_site import (
     BaselineNetwork,
     ClassSiteModel,
     concat_broadcast,

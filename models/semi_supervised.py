@@ -35,7 +35,7 @@ from pyro.nn import PyroModule, pyro_method
 
 from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
-from pyro_vae.models.discrete import (
+from pyro_vae.models.class_site import (
     BaselineNetwork,
     ClassSiteModel,
     check_labels,

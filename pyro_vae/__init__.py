@@ -9,7 +9,7 @@ The public API in one place::
     print(pv.evaluate(model, data.test, num_samples=1000).summary())
 """
 
-from pyro_vae import distributed, inference, models
+from pyro_vae import _moved, distributed, inference, models
 from pyro_vae.anomaly import AnomalyResult, run_anomaly_study
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
@@ -60,6 +60,8 @@ from pyro_vae.reports import run_comparison, save_comparison
 from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
 
 __version__ = "0.1.0"
+
+_moved.install()   # the 0.1 module paths keep importing for one release, with a warning
 
 __all__ = [
     "models", "inference", "Dataset", "load_dataset", "VAE", "PRIORS", "LIKELIHOODS", "GUIDES",

@@ -5,7 +5,7 @@ Every discrete latent of these models is a ``OneHotCategorical`` sample site ins
 runs when the site is
 
 * enumerated in parallel (value shape (C, 1, ..., 1, C): every class at once, in its own
-  tensor dim left of the plates; see :mod:`pyro_vae.inference.discrete_estimators`),
+  tensor dim left of the plates; see :mod:`pyro_vae.inference.estimators`),
 * sampled (a one-hot draw per datapoint, for score-function gradients), or
 * relaxed (a point on the simplex, Gumbel-softmax / Concrete, reparameterised).
 

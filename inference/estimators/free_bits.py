@@ -23,7 +23,7 @@ from __future__ import annotations
 import pyro.infer
 import torch
 
-from pyro_vae.inference.estimators import register_estimator
+from pyro_vae.inference.estimators.registry import register_estimator
 from pyro_vae.inference.evaluation import _factorised, is_point_mass
 
 
