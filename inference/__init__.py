@@ -17,15 +17,9 @@ from pyro_vae.inference.diagnostics import (
     khat_from_log_weights,
     parameter_groups,
     psis_khat,
-)
-from pyro_vae.inference.discrete import (
-    ClusteringResult,
-    clustering_accuracy,
-    discrete_posterior,
-    label_accuracy,
     score_gradient_variance,
-    train_baseline_network,
 )
+from pyro_vae.inference.enumeration import EnumeratedTerms, EnumerationPlan, enumeration_plan
 from pyro_vae.inference.estimators import (
     ESTIMATORS,
     EnumELBO,
@@ -43,22 +37,26 @@ from pyro_vae.inference.estimators import (
     valid_specs,
 )
 from pyro_vae.inference.estimators.free_bits import FreeBitsELBO
+from pyro_vae.inference.estimators.score import train_baseline_network
 from pyro_vae.inference.evaluation import (
     MAX_ENUMERATION,
-    EnumeratedTerms,
-    EnumerationPlan,
     EvaluationResult,
-    NotPerDatapointError,
     PointMassGuideError,
     active_units,
     elbo_terms,
     enumerated_terms,
-    enumeration_plan,
     evaluate,
     kl_per_dimension,
     log_density_terms,
     log_likelihood,
     posterior_means,
+)
+from pyro_vae.inference.log_densities import NotPerDatapointError
+from pyro_vae.inference.metrics.classes import (
+    ClusteringResult,
+    clustering_accuracy,
+    discrete_posterior,
+    label_accuracy,
 )
 from pyro_vae.inference.training import (
     FitResult,

@@ -425,3 +425,16 @@ def importance_draws(model, data, num_draws: int = 1000, *, particle_budget: int
         log_likelihood=joined(p.log_likelihood for p in parts),
         log_prior=joined(p.log_prior for p in parts),
         log_guide=joined(p.log_guide for p in parts))
+
+
+def score_gradient_variance(model, batch, baselines=("none", "avg", "nn"), *,
+                            others=("enum",), num_draws: int = 100, warmup_draws: int = 20,
+                            k: int = 1, seed: int | None = 0):
+    """:func:`~pyro_vae.inference.gradient_snr` of ``score:baseline=B,k=K`` for every
+    baseline B, beside the ``others`` specs (by default the exact-in-y ``enum``), at the
+    model's current parameters on one fixed ``batch``; ``warmup_draws`` let the running
+    averages settle first. The ``nn`` baseline uses the model's baseline network as it is
+    (trained by a ``score:baseline=nn`` fit, or by :func:`train_baseline_network`)."""
+    specs = [*others, *(f"score:baseline={b},k={k}" for b in baselines)]
+    return gradient_snr(model, batch, specs, num_draws=num_draws, warmup_draws=warmup_draws,
+                        seed=seed)

@@ -41,8 +41,8 @@ from pyro_vae.inference import (
     score_gradient_variance,
     train_baseline_network,
 )
-from pyro_vae.inference.anomaly import anomaly_scores, roc_auc
-from pyro_vae.inference.holes import hole_fractions
+from pyro_vae.inference.metrics.anomaly import anomaly_scores, roc_auc
+from pyro_vae.inference.metrics.holes import hole_fractions
 from pyro_vae.io import CheckpointError, load_model, save_model
 from pyro_vae.models import (
     GUIDES,

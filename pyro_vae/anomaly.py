@@ -2,7 +2,7 @@
 
 :func:`run_anomaly_study` trains a VAE on every population (label) but one, scores the held-out
 test points of the trained populations (inliers) and of the left-out one (outliers) with
--ELBO, importance-sampled -log p(x) and -E_q log p(x|z) (:mod:`pyro_vae.inference.anomaly`),
+-ELBO, importance-sampled -log p(x) and -E_q log p(x|z) (:mod:`pyro_vae.inference.metrics.anomaly`),
 and reports the ROC AUC of each score.
 """
 
@@ -16,7 +16,7 @@ import torch
 from pyro_vae._studies import as_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.inference import fit
-from pyro_vae.inference.anomaly import SCORE_METHODS, anomaly_scores, roc_auc, roc_curve
+from pyro_vae.inference.metrics.anomaly import SCORE_METHODS, anomaly_scores, roc_auc, roc_curve
 from pyro_vae.models import VAE
 
 

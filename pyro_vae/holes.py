@@ -2,8 +2,8 @@
 
 :func:`run_holes_study` fits an autoencoder (Delta guide, beta = 0) and VAEs with beta = 0, 1,
 4 (configurable) on one dataset with several seeds, and reports for each the hole fractions of
-:mod:`pyro_vae.inference.holes` (latent and data space, for draws from the prior and from the
-Gaussian matched to the aggregate posterior, and the naive measure for contrast), the
+:mod:`pyro_vae.inference.metrics.holes` (latent and data space, for draws from the prior and from
+the Gaussian matched to the aggregate posterior, and the naive measure for contrast), the
 reconstruction error and the KL, as mean and spread over seeds; plus the closed-form vs Monte
 Carlo Gaussian KL check, the metrics on constructed latent configurations with known answers,
 and a 2 x 4 comparison figure. One call::
@@ -27,7 +27,7 @@ import torch
 from pyro_vae._studies import as_dataset, atomic_write
 from pyro_vae.data import Dataset
 from pyro_vae.inference import elbo_terms, fit, kl_per_dimension
-from pyro_vae.inference.holes import (
+from pyro_vae.inference.metrics.holes import (
     DEFAULT_ALPHA,
     HoleReport,
     data_hole_fraction,
@@ -442,7 +442,7 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
 
 def _encoder_panel(ax, model, data: Dataset, label: str, num_points: int = 5) -> None:
     """q(z_1 | x) for a few test points against p(z_1) = N(0, 1), with KL(q(z_1|x) || p)."""
-    from pyro_vae.inference.holes import encoder_distributions
+    from pyro_vae.inference.metrics.holes import encoder_distributions
 
     locs, scales = encoder_distributions(model, data.test)
     order = torch.argsort(locs[:, 0])

@@ -6,7 +6,7 @@ from sklearn.metrics import roc_auc_score
 from sklearn.metrics import roc_curve as sklearn_roc_curve
 
 import pyro_vae as pv
-from pyro_vae.inference.anomaly import anomaly_scores, roc_auc, roc_curve
+from pyro_vae.inference.metrics.anomaly import anomaly_scores, roc_auc, roc_curve
 
 
 def test_roc_matches_scikit_learn_with_ties():

@@ -8,7 +8,7 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.holes import constructed_cases
-from pyro_vae.inference.holes import (
+from pyro_vae.inference.metrics.holes import (
     aggregate_log_density,
     data_hole_fraction,
     hole_fractions,

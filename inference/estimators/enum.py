@@ -10,12 +10,10 @@ import math
 import pyro.infer
 from pyro.infer.enum import config_enumerate
 
+from pyro_vae.inference.enumeration import discrete_site_sizes
 from pyro_vae.inference.estimators.registry import _particles_kwargs, register_estimator
-from pyro_vae.inference.evaluation import (
-    MAX_ENUMERATION,
-    _rng_untouched,
-    discrete_site_sizes,
-)
+from pyro_vae.inference.evaluation import MAX_ENUMERATION
+from pyro_vae.inference.log_densities import _rng_untouched
 
 
 # ---- enumeration ----------------------------------------------------------------------------

@@ -22,13 +22,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+import pyro
 import pyro.infer
 import torch
 from pyro.distributions.util import is_identically_zero
 from pyro.infer.util import MultiFrameTensor
 from pyro.ops.provenance import detach_provenance, get_provenance
 
+from pyro_vae.inference.batching import as_source
 from pyro_vae.inference.estimators.registry import Choice, _particles_kwargs, register_estimator
+from pyro_vae.models._validation import check_positive_int
 
 BASELINES = ("none", "avg", "nn")
 
@@ -174,3 +177,42 @@ register_estimator(
     {"baseline": (Choice(*BASELINES), "none"), "decay": (float, 0.9), "k": (int, 1)},
     "TraceGraph_ELBO: score-function gradients with a baseline (none, avg, nn)",
     check=_check_score_options)
+
+
+def train_baseline_network(model, data, *, steps: int = 200, batch_size: int = 128,
+                           lr: float = 3e-3, decay: float = 0.9, seed: int | None = 0
+                           ) -> list[float]:
+    """Fit only ``model.baseline_network`` (every other parameter stays as it is) to the
+    score-function costs at the current parameters: ``steps`` Adam steps of the NVIL
+    regression of ``score:baseline=nn`` on random minibatches of ``data``. Use it to
+    compare baselines at the parameters of a model fitted another way (e.g. by ``enum``),
+    whose baseline network was never trained. Returns the regression loss per step."""
+    network = getattr(model, "baseline_network", None)
+    if network is None:
+        raise ValueError(f"{type(model).__name__} has no baseline_network to train; the "
+                         "built-in discrete models have one")
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    source = as_source(data)
+    if seed is not None:
+        pyro.set_rng_seed(seed)
+    generator = torch.Generator().manual_seed(0 if seed is None else seed)
+    estimator = ScoreELBO(baseline="nn", decay=decay)
+    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
+    saved = {id(p): p.grad for p in model.parameters()}
+    device = getattr(source, "device", None)
+    losses = []
+    try:
+        for _ in range(steps):
+            index = torch.randperm(len(source), generator=generator)[:batch_size]
+            batch = source.get(index.to(device) if device is not None else index)
+            for p in model.parameters():
+                p.grad = None
+            estimator.baseline_losses = []
+            estimator.loss_and_grads(model.model, model.guide, *batch)
+            optimizer.step()
+            losses.append(sum(estimator.baseline_losses) / len(batch[0]))
+    finally:
+        for p in model.parameters():
+            p.grad = saved.get(id(p))
+    return losses

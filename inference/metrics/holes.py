@@ -66,7 +66,8 @@ import torch
 from pyro import poutine
 
 from pyro_vae.inference.batching import as_source, ordered_batches
-from pyro_vae.inference.evaluation import is_point_mass, unwrap_distribution
+from pyro_vae.inference.evaluation import is_point_mass
+from pyro_vae.inference.log_densities import unwrap_distribution
 from pyro_vae.models._validation import unknown_name_error
 
 DEFAULT_ALPHA = 0.05

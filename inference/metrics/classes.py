@@ -1,4 +1,4 @@
-"""Judging discrete-latent models: the posterior over a discrete site, and accuracy.
+"""Class metrics for models with a discrete site y: the posterior over y, and accuracy.
 
 * :func:`discrete_posterior`: per datapoint, the guide's q(y | x) (``method="guide"``) or the
   model's own posterior p(y | x) = p(x, y) / sum_y' p(x, y'), with each p(x, y) estimated by
@@ -27,13 +27,12 @@ from pyro_vae.inference.batching import as_source, ordered_batches
 from pyro_vae.inference.evaluation import (
     MAX_ENUMERATION,
     _chunking,
-    _data_dim,
     _particle_budget,
     _plan,
     enumerated_terms,
     guess_max_plate_nesting,
-    unwrap_distribution,
 )
+from pyro_vae.inference.log_densities import _data_dim, unwrap_distribution
 from pyro_vae.models._validation import check_positive_int, unknown_name_error
 
 POSTERIOR_METHODS = ("guide", "model")
@@ -194,60 +193,3 @@ def label_accuracy(model, data, labels, site: str = "y") -> LabelAccuracy:
         return LabelAccuracy(float(np.mean(predicted == labels)), "classification", probs)
     result = clustering_accuracy(predicted, labels, num_clusters=probs.shape[-1])
     return LabelAccuracy(result.accuracy, "clustering", probs)
-
-
-# ---- score-function baselines at fixed parameters ---------------------------------------------
-def train_baseline_network(model, data, *, steps: int = 200, batch_size: int = 128,
-                           lr: float = 3e-3, decay: float = 0.9, seed: int | None = 0
-                           ) -> list[float]:
-    """Fit only ``model.baseline_network`` (every other parameter stays as it is) to the
-    score-function costs at the current parameters: ``steps`` Adam steps of the NVIL
-    regression of ``score:baseline=nn`` on random minibatches of ``data``. Use it to
-    compare baselines at the parameters of a model fitted another way (e.g. by ``enum``),
-    whose baseline network was never trained. Returns the regression loss per step."""
-    from pyro_vae.inference.estimators import ScoreELBO
-
-    network = getattr(model, "baseline_network", None)
-    if network is None:
-        raise ValueError(f"{type(model).__name__} has no baseline_network to train; the "
-                         "built-in discrete models have one")
-    check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
-    source = as_source(data)
-    if seed is not None:
-        pyro.set_rng_seed(seed)
-    generator = torch.Generator().manual_seed(0 if seed is None else seed)
-    estimator = ScoreELBO(baseline="nn", decay=decay)
-    optimizer = torch.optim.Adam(network.parameters(), lr=lr)
-    saved = {id(p): p.grad for p in model.parameters()}
-    device = getattr(source, "device", None)
-    losses = []
-    try:
-        for _ in range(steps):
-            index = torch.randperm(len(source), generator=generator)[:batch_size]
-            batch = source.get(index.to(device) if device is not None else index)
-            for p in model.parameters():
-                p.grad = None
-            estimator.baseline_losses = []
-            estimator.loss_and_grads(model.model, model.guide, *batch)
-            optimizer.step()
-            losses.append(sum(estimator.baseline_losses) / len(batch[0]))
-    finally:
-        for p in model.parameters():
-            p.grad = saved.get(id(p))
-    return losses
-
-
-def score_gradient_variance(model, batch, baselines=("none", "avg", "nn"), *,
-                            others=("enum",), num_draws: int = 100, warmup_draws: int = 20,
-                            k: int = 1, seed: int | None = 0):
-    """:func:`~pyro_vae.inference.gradient_snr` of ``score:baseline=B,k=K`` for every
-    baseline B, beside the ``others`` specs (by default the exact-in-y ``enum``), at the
-    model's current parameters on one fixed ``batch``; ``warmup_draws`` let the running
-    averages settle first. The ``nn`` baseline uses the model's baseline network as it is
-    (trained by a ``score:baseline=nn`` fit, or by :func:`train_baseline_network`)."""
-    from pyro_vae.inference.diagnostics import gradient_snr
-
-    specs = [*others, *(f"score:baseline={b},k={k}" for b in baselines)]
-    return gradient_snr(model, batch, specs, num_draws=num_draws, warmup_draws=warmup_draws,
-                        seed=seed)

@@ -1,0 +1,157 @@
+"""Per-datapoint log-densities of a traced guide and replayed model.
+
+A particles plate outside the data plate; trace the guide, replay the model, and sum
+*unscaled* log-densities inside the data plate (named ``"data"``) only, so minibatch scale and
+KL weight beta never leak into reported numbers:
+log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), shape (K, N).
+"""
+
+from __future__ import annotations
+
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import pyro
+import pyro.distributions as dist
+import torch
+from pyro import poutine
+from pyro.distributions.util import scale_and_mask
+from pyro.poutine.util import prune_subsample_sites
+
+DATA_PLATE = "data"
+
+
+class NotPerDatapointError(ValueError):
+    """A site outside the ``"data"`` plate: log p(x_n) is not defined per datapoint."""
+
+
+class PointMassGuideError(ValueError):
+    """log p(x) was requested with a point-mass (Delta) guide, which has no density."""
+
+
+def unwrap_distribution(fn):
+    """The distribution under any ``ExpandedDistribution`` / ``Independent`` wrappers."""
+    while isinstance(fn, (dist.ExpandedDistribution, dist.Independent)):
+        fn = fn.base_dist
+    return fn
+
+
+def is_point_mass(fn) -> bool:
+    """Whether a distribution is a (possibly expanded or reinterpreted) ``Delta``."""
+    return isinstance(unwrap_distribution(fn), dist.Delta)
+
+
+def _data_dim(site) -> int | None:
+    for frame in site["cond_indep_stack"]:
+        if frame.name == DATA_PLATE:
+            return frame.dim
+    return None
+
+
+def _per_datapoint(site, log_prob: torch.Tensor, nesting: int, batch: int) -> torch.Tensor:
+    """Sum a site's log-density over every dim except particles and data -> (K, B)."""
+    dim = _data_dim(site)
+    if dim is None:
+        raise NotPerDatapointError(
+            f"sample site {site['name']!r} is not inside pyro.plate({DATA_PLATE!r}); "
+            "per-datapoint log-likelihoods need every sample site of model and guide inside "
+            f"a plate named {DATA_PLATE!r} (global latent variables have no per-datapoint "
+            "density). Name your datapoint plate 'data'.")
+    total = nesting + 1
+    log_prob = log_prob.reshape((1,) * (total - log_prob.dim()) + tuple(log_prob.shape))
+    keep = {0, total + dim}
+    other = [d for d in range(total) if d not in keep]
+    if other:
+        log_prob = log_prob.sum(other, keepdim=True)
+    return log_prob.reshape(log_prob.shape[0], log_prob.shape[total + dim]).expand(-1, batch)
+
+
+def _per_datapoint_value(site, nesting: int) -> torch.Tensor:
+    """A site's value with the particle dim first and the data dim second:
+    (K, B, *other plate dims of size > 1, *event_shape)."""
+    value = site["value"]
+    event_dim = len(site["fn"].event_shape)
+    total = nesting + 1
+    value = value.reshape((1,) * (total + event_dim - value.dim()) + tuple(value.shape))
+    data = total + _data_dim(site)
+    other = [d for d in range(1, total) if d != data and value.shape[d] > 1]
+    order = [0, data, *other, *range(total, value.dim())]
+    kept = value.permute(*order, *[d for d in range(total) if d not in order])
+    return kept.reshape(kept.shape[:len(order)])
+
+
+def guess_max_plate_nesting(model, batch) -> int:
+    """The number of plate dims used by model and guide (data plate included)."""
+    with poutine.block(), torch.no_grad():
+        guide_trace = poutine.trace(model.guide).get_trace(*batch)
+        model_trace = poutine.trace(poutine.replay(model.model, trace=guide_trace)).get_trace(
+            *batch)
+    dims = [-f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
+            if s["type"] == "sample" for f in s["cond_indep_stack"] if f.dim is not None]
+    return max(dims, default=1)
+
+
+@dataclass
+class LogDensityTerms:
+    """Per-particle, per-datapoint log-densities, each of shape (K, B)."""
+
+    log_likelihood: torch.Tensor  # sum over observed sites, log p(x | z)
+    log_prior: torch.Tensor       # sum over latent sites proposed by the guide, log p(z)
+    log_guide: torch.Tensor       # sum over guide sites, log q(z | x)
+    #: the guide's draws behind the weights, site name -> (K, B, *event_shape)
+    latents: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    @property
+    def log_weights(self) -> torch.Tensor:
+        return self.log_likelihood + self.log_prior - self.log_guide
+
+
+@torch.no_grad()
+def log_density_terms(model, batch: tuple, num_particles: int,
+                      max_plate_nesting: int | None = None) -> LogDensityTerms:
+    """Trace the guide under a plate of ``num_particles`` and replay the model.
+
+    Latent sites of the model that the guide does not sample are drawn from the prior (the
+    proposal is then the prior there) and contribute no term to the weights.
+    """
+    nesting = max_plate_nesting or guess_max_plate_nesting(model, batch)
+    n = batch[0].shape[0]
+    with poutine.block(), pyro.plate("_particles", num_particles, dim=-(nesting + 1)):
+        guide_trace = poutine.trace(model.guide).get_trace(*batch)
+        model_trace = poutine.trace(
+            poutine.replay(model.model, trace=guide_trace)).get_trace(*batch)
+    guide_trace = prune_subsample_sites(guide_trace)
+    model_trace = prune_subsample_sites(model_trace)
+    zero = batch[0].new_zeros(num_particles, n)
+    terms = {"log_likelihood": zero, "log_prior": zero, "log_guide": zero}
+
+    def add(key, site):
+        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+        terms[key] = terms[key] + _per_datapoint(site, log_prob, nesting, n)
+
+    for name, site in model_trace.nodes.items():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"]:
+            add("log_likelihood", site)
+        elif name in guide_trace.nodes:
+            add("log_prior", site)
+    latents = {}
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"]:
+            if is_point_mass(site["fn"]):  # no density: log q = +inf (not Pyro's 0 convention)
+                terms["log_guide"] = terms["log_guide"] + math.inf
+            else:
+                add("log_guide", site)
+            latents[name] = _per_datapoint_value(site, nesting)
+    return LogDensityTerms(**terms, latents=latents)
+
+
+@contextmanager
+def _rng_untouched():
+    """Run a block without moving torch's random state (CPU and the current CUDA device),
+    so looking at a model's structure never changes the draws that follow."""
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        yield
