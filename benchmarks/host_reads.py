@@ -19,7 +19,9 @@ import torch
 from _common import add_common_arguments, print_header, setup
 
 import pyro_vae as pv
-from pyro_vae.inference import make_estimator, training
+from pyro_vae.inference import make_estimator
+from pyro_vae.inference.fitting import loop as training_loop
+from pyro_vae.inference.fitting import svi as training
 
 READS = ("item", "__bool__", "tolist", "__float__", "__int__")
 
@@ -68,7 +70,7 @@ def reads_per_step(spec: str, validation: bool, device, steps: int) -> dict:
                     device=device)
     with pyro.validation_enabled(validation), ReadCounter() as counter:
         training.fit(model, x, epochs=1, **settings)   # warm-up (compiles under jit=1)
-        step, optimizer_step = training._Fit.train_step, torch.optim.Adam.step
+        step, optimizer_step = training_loop.Fit.train_step, torch.optim.Adam.step
 
         def counted_step(self, *args, **kwargs):
             counter.active = True
@@ -83,11 +85,11 @@ def reads_per_step(spec: str, validation: bool, device, steps: int) -> dict:
                 return optimizer_step(self, *args, **kwargs)
             finally:
                 counter.active = was
-        training._Fit.train_step, torch.optim.Adam.step = counted_step, silent_optimizer_step
+        training_loop.Fit.train_step, torch.optim.Adam.step = counted_step, silent_optimizer_step
         try:
             training.fit(model, x, epochs=1, **settings)
         finally:
-            training._Fit.train_step, torch.optim.Adam.step = step, optimizer_step
+            training_loop.Fit.train_step, torch.optim.Adam.step = step, optimizer_step
     return {name: count / steps for name, count in counter.counts.items()}
 
 

@@ -2,7 +2,7 @@
 
 Both sides train the same network (the Burda et al. 2015 MLP by default: 784-200-200-50
 with tanh, Bernoulli likelihood, diagonal Gaussian guide, Adam) on the same binary data,
-batch and device. The pyro-vae side is the step fit() takes (``_Fit.step_on``: fetch the
+batch and device. The pyro-vae side is the step fit() takes (``Fit.step_on``: fetch the
 batch, Pyro's ``loss_and_grads`` under the KL weight, the non-finite guard, the optimizer
 step, the running loss); the plain side is a hand-written reparameterised loss (see
 plain_vae.py), ``backward`` and the same optimizer. They alternate step by step in one
@@ -37,7 +37,8 @@ from _common import add_common_arguments, interleaved_times, median, print_heade
 from plain_vae import PlainVAE, plain_estimator
 
 import pyro_vae as pv
-from pyro_vae.inference import training
+from pyro_vae.inference.fitting import KLSchedule, Monitoring, NonFinitePolicy, Optimization
+from pyro_vae.inference.fitting import svi as training
 
 
 def fit_defaults() -> dict:
@@ -63,9 +64,14 @@ class BatchOrder:
 
 def pyro_vae_step(model, x, spec: str, batch_size: int, device, lr: float):
     """One step of fit() (its own code path) per call."""
-    run = training._prepare_fit(model, x, **{**fit_defaults(), "estimator": spec,
-                                             "epochs": 1, "batch_size": batch_size,
-                                             "device": device, "lr": lr, "monitor_size": 2})
+    defaults = fit_defaults()
+    run = training._prepare_fit(
+        model, x, estimator=spec, epochs=1, batch_size=batch_size, lr=lr,
+        seed=defaults["seed"], device=device, validation_data=None,
+        vectorize_particles=defaults["vectorize_particles"], max_seconds=None,
+        optimization=Optimization(defaults["optimizer"]), kl=KLSchedule(defaults["beta"]),
+        checkpoints=None, policy=NonFinitePolicy(defaults["nonfinite"]),
+        monitoring=Monitoring(size=2), resume=None, parallel=None)
     order = BatchOrder(len(x), batch_size, device)
     counter = iter(range(1, 10 ** 9))
 

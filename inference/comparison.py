@@ -28,10 +28,11 @@ import pyro
 import torch
 
 from pyro_vae.inference.batching import TensorSource, as_source, first_tensor
+from pyro_vae.inference.devices import resolve_device
 from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES, psis_khat
 from pyro_vae.inference.estimators import parse_estimator
 from pyro_vae.inference.evaluation import evaluate
-from pyro_vae.inference.training import fit, resolve_device
+from pyro_vae.inference.fitting.svi import fit
 
 #: the per-run numbers the summary table aggregates over seeds, in table order
 METRICS = ("log_likelihood", "elbo", "kl", "active_units", "seconds_per_epoch",

@@ -12,7 +12,7 @@ The public API in one place::
 from pyro_vae import _moved, distributed, inference, models
 from pyro_vae.anomaly import AnomalyResult, run_anomaly_study
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
-from pyro_vae.checkpoints import fit, load_checkpoint, save_checkpoint
+from pyro_vae.checkpoints import CheckpointFiles, load_checkpoint, save_checkpoint
 from pyro_vae.collapse import CollapseResult, run_collapse_study
 from pyro_vae.conditional import plot_class_samples
 from pyro_vae.config import ConfigError, resolve_config
@@ -20,11 +20,16 @@ from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
 from pyro_vae.discrete import semi_supervised_labels
 from pyro_vae.holes import HolesStudyResult, kl_check_table, run_holes_study
 from pyro_vae.inference import (
+    Checkpointing,
     ComparisonResult,
     EvaluationResult,
     FitResult,
     FreeBitsELBO,
+    KLSchedule,
+    Monitoring,
     NonFiniteLossError,
+    NonFinitePolicy,
+    Optimization,
     ResumeError,
     active_units,
     clustering_accuracy,
@@ -32,6 +37,7 @@ from pyro_vae.inference import (
     discrete_posterior,
     elbo_terms,
     evaluate,
+    fit,
     gradient_snr,
     kl_per_dimension,
     log_likelihood,
@@ -68,7 +74,8 @@ __all__ = [
     "DataSupportError", "fit", "evaluate", "log_likelihood", "elbo_terms", "active_units",
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
     "NonFiniteLossError", "ResumeError", "save_model", "load_model", "CheckpointError",
-    "save_checkpoint", "load_checkpoint",
+    "save_checkpoint", "load_checkpoint", "CheckpointFiles", "Checkpointing", "KLSchedule",
+    "Monitoring", "NonFinitePolicy", "Optimization",
     "compare", "ComparisonResult", "run_comparison", "save_comparison", "gradient_snr",
     "psis_khat", "to_inference_data", "save_inference_data", "distributed",
     "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",

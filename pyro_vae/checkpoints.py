@@ -1,7 +1,8 @@
-"""Training checkpoints on disk, and :func:`fit` with ``checkpoint_dir=`` and ``resume=``.
+"""Training checkpoints on disk: the :class:`CheckpointFiles` policy for ``fit(...,
+checkpoints=...)``, and :func:`save_checkpoint` / :func:`load_checkpoint`.
 
 A checkpoint is the training state that :func:`pyro_vae.inference.fit` hands to its
-``checkpoint`` hook (model and optimizer state, schedules, epoch and step, data order, every
+checkpointing policy (model and optimizer state, schedules, epoch and step, data order, every
 random state, history and settings), stored as ``RUN/checkpoint.pt``: a plain dict of
 tensors and primitive values that loads with ``torch.load(path, weights_only=True)``, plus
 a SHA-256 digest of its contents (``"sha256"``) that :func:`load_checkpoint` verifies.
@@ -12,6 +13,7 @@ the previous checkpoint or the new one, never a partial file. A state holding Na
 weights is refused, so the last good checkpoint is never replaced by a bad one.
 """
 
+
 from __future__ import annotations
 
 import os
@@ -19,14 +21,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from pyro_vae import distributed as distributed_setup
-from pyro_vae.inference import training
-from pyro_vae.inference.training import (
-    STATE_FORMAT,
-    FitResult,
-    NonFiniteLossError,
-    ResumeError,
-    non_finite_entries,
-)
+from pyro_vae.inference.fitting import options
+from pyro_vae.inference.fitting.nonfinite import NonFiniteLossError, non_finite_entries
+from pyro_vae.inference.fitting.options import Checkpointing
+from pyro_vae.inference.fitting.state import STATE_FORMAT
 from pyro_vae.io import (
     FORMAT as MODEL_FORMAT,
 )
@@ -39,7 +37,7 @@ from pyro_vae.io import (
 )
 
 CHECKPOINT_FILE = "checkpoint.pt"
-_HOW_MADE = "fit(model, data, checkpoint_dir=RUN), as RUN/checkpoint.pt"
+_HOW_MADE = "fit(model, data, checkpoints=CheckpointFiles(RUN)), as RUN/checkpoint.pt"
 
 
 def checkpoint_path(location: str | os.PathLike) -> Path:
@@ -90,50 +88,87 @@ def load_checkpoint(location: str | os.PathLike) -> dict:
     return state
 
 
-def fit(model, data, *, checkpoint_dir: str | os.PathLike | None = None,
-        checkpoint_every: int = 1, resume=None, distributed: bool = False,
-        **options) -> FitResult:
-    """:func:`pyro_vae.inference.fit` with checkpoints on disk (all its arguments apply).
+class CheckpointFiles(Checkpointing):
+    """Keep a fit's checkpoints in a run directory: ``fit(model, data,
+    checkpoints=CheckpointFiles("runs/x"))`` writes ``runs/x/checkpoint.pt`` every ``every``
+    epochs and at the end (atomically; see the module docstring).
 
-    ``checkpoint_dir=RUN`` writes ``RUN/checkpoint.pt`` every ``checkpoint_every`` epochs
-    and at the end (atomically; see the module docstring). ``resume`` continues a run: a run
-    directory or checkpoint file (checkpoints then keep going to that file unless
-    ``checkpoint_dir`` says otherwise), or a training state dict. Pass the arguments of the
-    interrupted run (``epochs`` may grow); the result is bit-identical on CPU to the run
-    done in one go. A fresh fit never overwrites an existing checkpoint: pass ``resume=`` or
-    choose another ``checkpoint_dir``.
-
-    ``distributed=True`` (every process launched by torchrun runs the same call) joins the
-    process group (:func:`pyro_vae.distributed.init_distributed`; ``device='auto'`` or
-    ``'cuda'`` means each process's own GPU) and trains one model with all processes.
-    Only rank 0 touches the files: it checks and reads the checkpoint to resume from and
-    sends it to the other ranks, and writes every checkpoint; a failure there is raised on
-    every rank.
+    ``CheckpointFiles(RUN, resume=True)`` continues the run whose checkpoint is in ``RUN`` (a
+    run directory or a checkpoint file; checkpoints then keep going to that file); pass the
+    arguments of the interrupted run (``epochs`` may grow) and the result is bit-identical on
+    CPU to the run done in one go. ``resume=OTHER`` continues from the checkpoint in
+    ``OTHER`` and writes to ``RUN``. A fresh fit never overwrites an existing checkpoint:
+    resume it or choose another directory. In a distributed fit only rank 0 touches the
+    files: it checks and reads the checkpoint to resume from and sends it to the other ranks,
+    and writes every checkpoint; a failure there is raised on every rank.
     """
-    if distributed is True:
-        context = distributed_setup.init_distributed(device=options.get("device", "cpu"))
-        options["device"] = context.device
-    elif distributed is not False:
-        raise TypeError(f"distributed must be True or False; got {distributed!r}")
-    share = distributed_setup.file_work_runner(distributed)
-    resumed_path, state = None, resume
-    if resume is not None and not isinstance(resume, Mapping):
-        resumed_path = Path(resume)
-        resumed_path, state = share(_read_resume_state, resumed_path)
-    if checkpoint_dir is not None or resumed_path is not None:
-        if options.get("checkpoint") is not None:
-            raise ValueError("pass either checkpoint_dir (files written for you) or a "
-                             "checkpoint callable, not both")
-        target = share(_checkpoint_target, checkpoint_dir, resumed_path)
-        options["checkpoint"] = lambda training_state: share(save_checkpoint, training_state,
-                                                             target)
-    try:
-        return training.fit(model, data, checkpoint_every=checkpoint_every, resume=state,
-                            distributed=distributed, **options)
-    except ResumeError as error:
-        if resumed_path is None:
-            raise
-        raise CheckpointError(f"cannot resume from {str(resumed_path)!r}: {error}") from None
+
+    def __init__(self, directory: str | os.PathLike | None, *, every: int = 1,
+                 resume: bool | str | os.PathLike = False,
+                 extra_state: Mapping[str, object] | None = None):
+        super().__init__(every=every, extra_state=dict(extra_state or {}))
+        if directory is None and resume in (False, None, True):
+            raise ValueError("CheckpointFiles needs a run directory to write to, or resume= a "
+                             "run directory or checkpoint file to continue")
+        self.directory = None if directory is None else Path(directory)
+        if resume is True:
+            self.resume_from = self.directory
+            self.directory = None   # keep writing to the file resumed from
+        elif resume in (False, None):
+            self.resume_from = None
+        else:
+            self.resume_from = Path(resume)
+        self.share = distributed_setup.file_work_runner(False)
+        self.resumed_path: Path | None = None
+        self.target: Path | None = None
+
+    def load(self, distributed: bool = False):
+        """Read the state to resume from (rank 0 in a distributed fit) and decide, refusing to
+        replace another run's checkpoint, which file this fit writes."""
+        self.share = distributed_setup.file_work_runner(distributed)
+        state = None
+        if self.resume_from is not None:
+            self.resumed_path, state = self.share(_read_resume_state, self.resume_from)
+        self.target = self.share(_checkpoint_target, self.directory, self.resumed_path)
+        return state
+
+    @property
+    def saves(self) -> bool:
+        return True
+
+    def save(self, state: dict) -> None:
+        self.share(save_checkpoint, state, self.target)
+
+    def resume_error(self, error: Exception) -> Exception:
+        if self.resumed_path is None:
+            return error
+        return CheckpointError(f"cannot resume from {str(self.resumed_path)!r}: {error}")
+
+
+def _policy_from_file_keywords(checkpoint_dir, checkpoint_every: int, resume) -> Checkpointing:
+    """0.1's ``pyro_vae.fit(..., checkpoint_dir=RUN, resume=PATH or state)`` as a policy."""
+    if isinstance(resume, Mapping):
+        if checkpoint_dir is None:
+            return Checkpointing(every=checkpoint_every, resume=resume)
+        files = CheckpointFiles(checkpoint_dir, every=checkpoint_every)
+        files.load = _loading_state(files, resume)
+        return files
+    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(
+            checkpoint_dir).is_dir():
+        raise NotADirectoryError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; pass a "
+                                 "directory (it is created if missing).")
+    if checkpoint_dir is None:
+        return CheckpointFiles(resume, every=checkpoint_every, resume=True)
+    return CheckpointFiles(checkpoint_dir, every=checkpoint_every,
+                           resume=resume if resume is not None else False)
+
+
+def _loading_state(files: CheckpointFiles, state: Mapping):
+    """A ``load`` that resumes from an in-memory state and writes to ``files``' directory."""
+    def load(distributed: bool = False):
+        CheckpointFiles.load(files, distributed)
+        return state
+    return load
 
 
 def _read_resume_state(location: Path) -> tuple[Path, dict]:
@@ -163,3 +198,6 @@ def _refuse_to_overwrite(target: Path, resumed_path: Path | None) -> None:
     raise FileExistsError(f"{str(target)!r} already holds a checkpoint of another run; pass "
                           f"resume={str(target.parent)!r} to continue that run, or choose a new "
                           "checkpoint_dir (or delete the old one).")
+
+
+options.FILE_KEYWORD_POLICIES.append(_policy_from_file_keywords)

@@ -139,7 +139,7 @@ def _model_names():
 
 
 def _optimizer_names():
-    from pyro_vae.inference.training import OPTIMIZERS
+    from pyro_vae.inference.fitting.options import OPTIMIZERS
     return list(OPTIMIZERS)
 
 

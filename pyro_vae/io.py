@@ -21,7 +21,8 @@ from typing import IO
 
 import torch
 
-from pyro_vae.inference.training import STATE_FORMAT, resolve_device
+from pyro_vae.inference.devices import resolve_device
+from pyro_vae.inference.fitting.state import STATE_FORMAT
 from pyro_vae.models import (
     VAE,
     CategoricalVAE,

@@ -31,7 +31,7 @@ import pyro
 import torch
 
 from pyro_vae import distributed as distributed_setup
-from pyro_vae.checkpoints import CHECKPOINT_FILE, fit
+from pyro_vae.checkpoints import CHECKPOINT_FILE, CheckpointFiles
 from pyro_vae.config import ConfigError, read_config_file, resolve_config, to_toml
 from pyro_vae.data import Dataset, is_array_path, load_dataset, loader_options
 from pyro_vae.discrete import (
@@ -42,7 +42,7 @@ from pyro_vae.discrete import (
     training_data,
     training_estimator,
 )
-from pyro_vae.inference import evaluate, resolve_device
+from pyro_vae.inference import KLSchedule, Monitoring, Optimization, evaluate, fit, resolve_device
 from pyro_vae.inference.batching import as_source, first_tensor
 from pyro_vae.io import atomic_write_text, load_model, save_model
 from pyro_vae.models import VAE
@@ -410,13 +410,14 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     try:
         result = fit(
             model, train_data, estimator=estimator, epochs=config["epochs"],
-            batch_size=config["batch_size"], lr=config["lr"], optimizer=config["optimizer"],
+            batch_size=config["batch_size"], lr=config["lr"],
+            optimizer=Optimization(config["optimizer"], clip_norm=config["clip_norm"] or None),
             seed=config["seed"], device=config["device"] if distributed else device,
-            beta=config["beta"], beta_warmup_epochs=config["beta_warmup_epochs"],
-            clip_norm=config["clip_norm"] or None, max_seconds=config["max_seconds"] or None,
-            validation_data=dataset.validation, quiet=quiet, callbacks=[record_epoch],
-            checkpoint_dir=None if resume is not None else path,
-            checkpoint_every=config["checkpoint_every"], resume=path if resume else None,
+            beta=KLSchedule(config["beta"], warmup_epochs=config["beta_warmup_epochs"]),
+            max_seconds=config["max_seconds"] or None, validation_data=dataset.validation,
+            quiet=quiet, monitor=Monitoring(callbacks=[record_epoch]),
+            checkpoints=CheckpointFiles(path, every=config["checkpoint_every"],
+                                        resume=resume is not None),
             distributed=distributed)
     except BaseException as error:
         if is_writer and (resume is None or records):

@@ -240,7 +240,7 @@ MATRIX = [
     Row("fit(resume)", "run directory without a checkpoint",
         lambda ws: fit(ws, resume=ws.empty_run),
         FileNotFoundError, r"no training checkpoint at .*checkpoint.pt'; expected a file "
-                           r"written by fit\(model, data, checkpoint_dir=RUN\)"),
+                           r"written by fit\(model, data, checkpoints=CheckpointFiles\(RUN\)\)"),
     Row("fit(resume)", "a saved model instead of a checkpoint",
         lambda ws: fit(ws, resume=ws.model_file),
         pv.CheckpointError, r"is a saved model \(save_model\), not a training checkpoint.*"

@@ -160,8 +160,8 @@ def test_console_entry_point(tmp_path):
 def test_failed_training_is_recorded_and_reported(tmp_path, capsys, monkeypatch):
     import pyro_vae.runs
 
-    def diverge(*args, callbacks=(), **kwargs):
-        callbacks[0]({"epoch": 1, "loss": 1e30, "elbo": -1e30, "recon": -1e30, "kl": 0.0})
+    def diverge(*args, monitor, **kwargs):
+        monitor.callbacks[0]({"epoch": 1, "loss": 1e30, "elbo": -1e30, "recon": -1e30, "kl": 0.0})
         raise pv.NonFiniteLossError("the loss became nan at epoch 2; lower the learning rate")
 
     monkeypatch.setattr(pyro_vae.runs, "fit", diverge)
