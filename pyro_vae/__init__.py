@@ -15,9 +15,7 @@ from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import CheckpointFiles, load_checkpoint, save_checkpoint
 from pyro_vae.collapse import CollapseResult, run_collapse_study
 from pyro_vae.conditional import plot_class_samples
-from pyro_vae.config import ConfigError, resolve_config
 from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
-from pyro_vae.discrete import semi_supervised_labels
 from pyro_vae.holes import HolesStudyResult, kl_check_table, run_holes_study
 from pyro_vae.inference import (
     Checkpointing,
@@ -64,6 +62,8 @@ from pyro_vae.models import (
 )
 from pyro_vae.reports import run_comparison, save_comparison
 from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
+from pyro_vae.runs.builders import semi_supervised_labels
+from pyro_vae.runs.config import ConfigError, resolve_config
 
 __version__ = "0.1.0"
 

@@ -12,7 +12,7 @@ import torch
 
 import pyro_vae as pv
 from pyro_vae.cli import main
-from pyro_vae.config import tomllib
+from pyro_vae.runs.config import tomllib
 
 FAST = ["--epochs", "2", "--hidden", "32", "--batch-size", "128", "--eval-samples", "20",
         "--quiet", "--device", "cpu"]
@@ -158,13 +158,13 @@ def test_console_entry_point(tmp_path):
 
 
 def test_failed_training_is_recorded_and_reported(tmp_path, capsys, monkeypatch):
-    import pyro_vae.runs
+    import pyro_vae.runs.directory
 
     def diverge(*args, monitor, **kwargs):
         monitor.callbacks[0]({"epoch": 1, "loss": 1e30, "elbo": -1e30, "recon": -1e30, "kl": 0.0})
         raise pv.NonFiniteLossError("the loss became nan at epoch 2; lower the learning rate")
 
-    monkeypatch.setattr(pyro_vae.runs, "fit", diverge)
+    monkeypatch.setattr(pyro_vae.runs.directory, "fit", diverge)
     out = tmp_path / "run"
     assert main(["train", *FAST, "--out", str(out)]) == 1
     err = capsys.readouterr().err.strip()

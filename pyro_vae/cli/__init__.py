@@ -33,11 +33,11 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types that mean a user mistake, reported as one line with exit code 2."""
-    from pyro_vae.config import ConfigError
     from pyro_vae.data import DatasetError
     from pyro_vae.io import CheckpointError
     from pyro_vae.models import DataSupportError
     from pyro_vae.runs import RunDirectoryError
+    from pyro_vae.runs.config import ConfigError
     return (UsageError, ConfigError, DatasetError, DataSupportError, CheckpointError,
             RunDirectoryError)
 

@@ -28,7 +28,7 @@ positive_int = argument_type(int, lambda value: value >= 1, "a positive integer"
 
 def int_list(text: str) -> list[int]:
     """``"0,1,2"`` or ``"0 1 2"`` -> ``[0, 1, 2]`` (an argparse type)."""
-    from pyro_vae.config import ConfigError, parse_int_list
+    from pyro_vae.runs.config import ConfigError, parse_int_list
     try:
         values = parse_int_list(text)
     except ConfigError as error:
@@ -55,8 +55,8 @@ def add_split_argument(parser: argparse.ArgumentParser) -> None:
 
 def open_run_and_model(args: argparse.Namespace):
     """(run, model, dataset) for a subcommand's arguments."""
-    from pyro_vae.config import ConfigError, check_option
     from pyro_vae.runs import open_run
+    from pyro_vae.runs.config import ConfigError, check_option
     run = open_run(args.run_dir)
     try:
         check_option("device", args.device)

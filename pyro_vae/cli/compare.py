@@ -15,9 +15,9 @@ from pathlib import Path
 
 from pyro_vae.cli.common import argument_type, int_list, positive_int
 from pyro_vae.cli.train import add_option_flags, collect_overrides
-from pyro_vae.config import OPTIONS, ConfigError, read_config_file, resolve_config
 from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES
 from pyro_vae.inference.estimators import parse_estimator
+from pyro_vae.runs.config import OPTIONS, ConfigError, read_config_file, resolve_config
 
 HELP = ("compare gradient estimators on one model under one budget: table of test "
         "log-likelihood, ELBO, KL, active units, time, memory and k-hat; learning curves")
@@ -124,9 +124,9 @@ def resolve_comparison(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.discrete import evaluation_labels, training_data
     from pyro_vae.reports import run_comparison
     from pyro_vae.runs import ModelFactory, default_run_dir, load_data
+    from pyro_vae.runs.builders import evaluation_labels, training_data
     config, settings = resolve_comparison(args)
     out = Path(args.out) if args.out else default_run_dir(config, prefix="compare-")
     dataset = load_data(config)

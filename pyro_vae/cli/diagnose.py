@@ -26,7 +26,7 @@ from pyro_vae.cli.common import (
     open_run_and_model,
     positive_int,
 )
-from pyro_vae.config import ConfigError
+from pyro_vae.runs.config import ConfigError
 
 HELP = "gradient SNR per estimator, PSIS k-hat of the guide and ArviZ posterior draws of a run"
 OUTPUTS = ("snr.md", "snr.png", "khat.md", "khat.png", "khat.csv", "posterior.nc")

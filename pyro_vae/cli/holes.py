@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pyro_vae.cli.common import argument_type, int_list, positive_int
 from pyro_vae.cli.train import add_option_flags, collect_overrides
-from pyro_vae.config import OPTIONS, ConfigError, parse_key_values, resolve_config
+from pyro_vae.runs.config import OPTIONS, ConfigError, parse_key_values, resolve_config
 
 HELP = ("the holes study: autoencoder vs VAEs with beta = 0, 1, 4 over seeds; hole fractions, "
         "reconstruction, KL, KL check and the 2 x 4 figure")

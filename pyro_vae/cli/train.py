@@ -1,6 +1,6 @@
 """``pyro-vae train``: fit a model and write a run directory.
 
-Every configuration option (:data:`pyro_vae.config.OPTIONS`) is a flag; ``--config FILE``
+Every configuration option (:data:`pyro_vae.runs.config.OPTIONS`) is a flag; ``--config FILE``
 reads a TOML file of the same options; flags override the file, the file overrides the
 defaults. Table options (``data_options``, ``prior_options``, ...) take repeated
 ``--data-option KEY=VALUE``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pyro_vae.cli.common import int_list
-from pyro_vae.config import (
+from pyro_vae.runs.config import (
     OPTIONS,
     ConfigError,
     Option,

@@ -25,11 +25,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
+from pyro_vae.runs.builders import DISCRETE_ESTIMATORS, MODEL_BUILDERS
+from pyro_vae.runs.errors import ConfigError
+
 KINDS = ("str", "int", "float", "bool", "int_list", "table")
-
-
-class ConfigError(ValueError):
-    """A configuration value or file that cannot be used as given."""
 
 
 @dataclass(frozen=True)
@@ -134,7 +133,6 @@ def _activation_names():
 
 
 def _model_names():
-    from pyro_vae.runs import MODEL_BUILDERS
     return list(MODEL_BUILDERS)
 
 
@@ -153,7 +151,6 @@ def _check_estimator(value) -> str | None:
 
 
 def _check_discrete(value) -> str | None:
-    from pyro_vae.discrete import DISCRETE_ESTIMATORS
     if value == "auto":
         return None
     from pyro_vae.inference import parse_estimator

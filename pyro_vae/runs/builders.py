@@ -1,25 +1,33 @@
-"""The discrete-latent models in runs and on the command line.
+"""From a configuration to the dataset and the model: the model builders.
 
-``pyro-vae train --model gmvae|m2|categorical --discrete enum|score|relaxed --baseline
+``config["model"]`` names a builder in :data:`MODEL_BUILDERS` (``vae``, and the
+discrete-latent ``gmvae``, ``m2`` and ``categorical``; :func:`register_model_builder` adds
+more). ``pyro-vae train --model gmvae|m2|categorical --discrete enum|score|relaxed --baseline
 none|avg|nn --labels N`` builds :class:`~pyro_vae.models.GaussianMixtureVAE`,
-:class:`~pyro_vae.models.SemiSupervisedVAE` (M2) or :class:`~pyro_vae.models.CategoricalVAE`
-from a configuration (:func:`build_gmvae` and friends, registered as model builders), picks
-the estimator (:func:`training_estimator`) and the training data (:func:`training_data`:
+:class:`~pyro_vae.models.SemiSupervisedVAE` (M2) or :class:`~pyro_vae.models.CategoricalVAE`,
+picks the estimator (:func:`training_estimator`) and the training data (:func:`training_data`:
 for M2 the images with all but ``labels`` of their labels hidden, see
 :func:`semi_supervised_labels`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 
-from pyro_vae.config import ConfigError
-from pyro_vae.data import Dataset
-from pyro_vae.inference import MAX_ENUMERATION, enumeration_plan, parse_estimator
+from pyro_vae.data import Dataset, load_dataset, loader_options
+from pyro_vae.inference import (
+    MAX_ENUMERATION,
+    enumeration_plan,
+    parse_estimator,
+)
 from pyro_vae.inference.batching import JoinedSource, as_source, ordered_batches
-from pyro_vae.models import CategoricalVAE, GaussianMixtureVAE, SemiSupervisedVAE
+from pyro_vae.models import VAE, CategoricalVAE, GaussianMixtureVAE, SemiSupervisedVAE
+from pyro_vae.runs.errors import ConfigError
+
+#: dataset name -> binarisation used by ``binarize = "auto"``
+DEFAULT_BINARIZATION = {"digits": "threshold", "mnist": "dynamic"}
 
 #: the estimators ``--discrete`` accepts (``auto`` picks enum or relaxed)
 DISCRETE_ESTIMATORS = ("enum", "score", "relaxed")
@@ -74,7 +82,6 @@ def _classes(config: Mapping, dataset: Dataset) -> int:
 
 
 def _likelihood(config: Mapping, dataset: Dataset) -> str:
-    from pyro_vae.runs import resolve_likelihood
     return resolve_likelihood(config, dataset)
 
 
@@ -196,3 +203,75 @@ def evaluation_labels(model, dataset: Dataset, split: str) -> torch.Tensor | Non
     if "y" not in getattr(model, "discrete_sites", ()):
         return None
     return dataset.labels(split)
+
+
+# ---- from configuration to data and model ---------------------------------------------------
+
+def dataset_arguments(config: Mapping) -> tuple[str, dict]:
+    """The dataset name and the loader options a configuration asks for."""
+    name = config["dataset"]
+    options = dict(config["data_options"])
+    accepted = loader_options(name)
+    if "seed" in accepted:
+        options.setdefault("seed", config["data_seed"])
+    binarize = config["binarize"]
+    if binarize == "auto":
+        binarize = DEFAULT_BINARIZATION.get(name, "none")
+        if "binarize" in accepted:
+            options.setdefault("binarize", binarize)
+    elif "binarize" in accepted:
+        options["binarize"] = binarize
+    elif binarize != "none":
+        raise ConfigError(f"dataset {name!r} cannot be binarized (binarize={binarize!r}); use "
+                          "binarize = 'auto' or 'none'")
+    if config["data_dir"] and "data_dir" in accepted:
+        options["data_dir"] = config["data_dir"]
+    return name, options
+
+
+def load_data(config: Mapping) -> Dataset:
+    """The dataset of a configuration (name or path, binarisation, split seed, options)."""
+    name, options = dataset_arguments(config)
+    return load_dataset(name, **options)
+
+
+def resolve_likelihood(config: Mapping, dataset: Dataset) -> str:
+    """The configured likelihood, or the dataset's suggestion for ``"auto"``."""
+    return dataset.suggested_likelihood if config["likelihood"] == "auto" else config[
+        "likelihood"]
+
+
+def build_vae(config: Mapping, dataset: Dataset) -> VAE:
+    """A :class:`~pyro_vae.VAE` from a configuration and the dataset it will be fitted to.
+    The KL weight ``beta`` is applied by training (``fit(beta=...)``), not by the model."""
+    image_shape = dataset.feature_shape if config["network"] == "conv" else None
+    if config["network"] == "conv" and dataset.kind != "image":
+        raise ConfigError(f"network 'conv' needs image data; {dataset.name!r} is "
+                          f"{dataset.kind}. Use network = 'mlp'.")
+    try:
+        return VAE(dataset.x_dim, config["z_dim"], prior=config["prior"],
+                   likelihood=resolve_likelihood(config, dataset), guide=config["guide"],
+                   network=config["network"], hidden=config["hidden"],
+                   activation=config["activation"], image_shape=image_shape,
+                   prior_options=config["prior_options"],
+                   likelihood_options=config["likelihood_options"],
+                   guide_options=config["guide_options"])
+    except ValueError as error:  # the constructor's checks: bad names, sizes and options
+        raise ConfigError(str(error)) from None
+
+
+#: config["model"] -> builder(config, dataset); other model families register here
+MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {
+    "vae": build_vae, "gmvae": build_gmvae, "m2": build_m2, "categorical": build_categorical}
+
+
+def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]
+                           ) -> None:
+    """Make ``model = name`` a valid configuration (and ``--model name`` a valid flag)."""
+    MODEL_BUILDERS[name] = builder
+
+
+def build_model(config: Mapping, dataset: Dataset) -> torch.nn.Module:
+    """The (untrained) model a resolved configuration describes, sized for ``dataset``."""
+    return MODEL_BUILDERS[config["model"]](config, dataset)
+

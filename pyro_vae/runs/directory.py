@@ -22,7 +22,7 @@ import io
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,20 +32,20 @@ import torch
 
 from pyro_vae import distributed as distributed_setup
 from pyro_vae.checkpoints import CHECKPOINT_FILE, CheckpointFiles
-from pyro_vae.config import ConfigError, read_config_file, resolve_config, to_toml
-from pyro_vae.data import Dataset, is_array_path, load_dataset, loader_options
-from pyro_vae.discrete import (
-    build_categorical,
-    build_gmvae,
-    build_m2,
-    evaluation_labels,
-    training_data,
-    training_estimator,
-)
+from pyro_vae.data import Dataset, is_array_path
 from pyro_vae.inference import KLSchedule, Monitoring, Optimization, evaluate, fit, resolve_device
 from pyro_vae.inference.batching import as_source, first_tensor
 from pyro_vae.io import atomic_write_text, load_model, save_model
-from pyro_vae.models import VAE
+from pyro_vae.runs.builders import (
+    build_model,
+    evaluation_labels,
+    load_data,
+    resolve_likelihood,
+    training_data,
+    training_estimator,
+)
+from pyro_vae.runs.config import read_config_file, resolve_config, to_toml
+from pyro_vae.runs.errors import ConfigError, RunDirectoryError
 
 CONFIG_FILE, HISTORY_FILE, METRICS_FILE = "config.toml", "history.csv", "metrics.json"
 MODEL_FILE, FIGURES_DIR = "model.pt", "figures"
@@ -54,87 +54,11 @@ RUN_ARTIFACTS = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT
                  "samples-*.npz",
                  "reconstructions-*.npz", f"{FIGURES_DIR}/*.png")
 
-#: dataset name -> binarisation used by ``binarize = "auto"``
-DEFAULT_BINARIZATION = {"digits": "threshold", "mnist": "dynamic"}
-
-
-class RunDirectoryError(ValueError):
-    """A run directory that cannot be written or read as asked."""
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-# ---- from configuration to data and model ---------------------------------------------------
-
-def dataset_arguments(config: Mapping) -> tuple[str, dict]:
-    """The dataset name and the loader options a configuration asks for."""
-    name = config["dataset"]
-    options = dict(config["data_options"])
-    accepted = loader_options(name)
-    if "seed" in accepted:
-        options.setdefault("seed", config["data_seed"])
-    binarize = config["binarize"]
-    if binarize == "auto":
-        binarize = DEFAULT_BINARIZATION.get(name, "none")
-        if "binarize" in accepted:
-            options.setdefault("binarize", binarize)
-    elif "binarize" in accepted:
-        options["binarize"] = binarize
-    elif binarize != "none":
-        raise ConfigError(f"dataset {name!r} cannot be binarized (binarize={binarize!r}); use "
-                          "binarize = 'auto' or 'none'")
-    if config["data_dir"] and "data_dir" in accepted:
-        options["data_dir"] = config["data_dir"]
-    return name, options
-
-
-def load_data(config: Mapping) -> Dataset:
-    """The dataset of a configuration (name or path, binarisation, split seed, options)."""
-    name, options = dataset_arguments(config)
-    return load_dataset(name, **options)
-
-
-def resolve_likelihood(config: Mapping, dataset: Dataset) -> str:
-    """The configured likelihood, or the dataset's suggestion for ``"auto"``."""
-    return dataset.suggested_likelihood if config["likelihood"] == "auto" else config[
-        "likelihood"]
-
-
-def build_vae(config: Mapping, dataset: Dataset) -> VAE:
-    """A :class:`~pyro_vae.VAE` from a configuration and the dataset it will be fitted to.
-    The KL weight ``beta`` is applied by training (``fit(beta=...)``), not by the model."""
-    image_shape = dataset.feature_shape if config["network"] == "conv" else None
-    if config["network"] == "conv" and dataset.kind != "image":
-        raise ConfigError(f"network 'conv' needs image data; {dataset.name!r} is "
-                          f"{dataset.kind}. Use network = 'mlp'.")
-    try:
-        return VAE(dataset.x_dim, config["z_dim"], prior=config["prior"],
-                   likelihood=resolve_likelihood(config, dataset), guide=config["guide"],
-                   network=config["network"], hidden=config["hidden"],
-                   activation=config["activation"], image_shape=image_shape,
-                   prior_options=config["prior_options"],
-                   likelihood_options=config["likelihood_options"],
-                   guide_options=config["guide_options"])
-    except ValueError as error:  # the constructor's checks: bad names, sizes and options
-        raise ConfigError(str(error)) from None
-
-
-#: config["model"] -> builder(config, dataset); other model families register here
-MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {
-    "vae": build_vae, "gmvae": build_gmvae, "m2": build_m2, "categorical": build_categorical}
-
-
-def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]
-                           ) -> None:
-    """Make ``model = name`` a valid configuration (and ``--model name`` a valid flag)."""
-    MODEL_BUILDERS[name] = builder
-
-
-def build_model(config: Mapping, dataset: Dataset) -> torch.nn.Module:
-    """The (untrained) model a resolved configuration describes, sized for ``dataset``."""
-    return MODEL_BUILDERS[config["model"]](config, dataset)
 
 
 @dataclass
