@@ -66,8 +66,8 @@ def reads_per_step(spec: str, validation: bool, device, steps: int) -> dict:
     torch.manual_seed(0)
     model = pv.VAE(784, 50, hidden=(200, 200), activation="tanh")
     estimator = make_estimator(spec, max_plate_nesting=1)   # one instance: compiled once
-    settings = dict(estimator=estimator, batch_size=batch_size, quiet=True, monitor_size=8,
-                    device=device)
+    settings = dict(estimator=estimator, batch_size=batch_size, quiet=True,
+                    monitor=pv.Monitoring(size=8), device=device)
     with pyro.validation_enabled(validation), ReadCounter() as counter:
         training.fit(model, x, epochs=1, **settings)   # warm-up (compiles under jit=1)
         step, optimizer_step = training_loop.Fit.train_step, torch.optim.Adam.step

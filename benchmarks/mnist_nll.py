@@ -28,7 +28,7 @@ from eval_throughput import plain_log_likelihood
 from plain_vae import PlainVAE, plain_estimator
 
 import pyro_vae as pv
-from pyro_vae.inference import fit, log_likelihood
+from pyro_vae.inference import Monitoring, Optimization, fit, log_likelihood
 
 #: Burda et al. 2015, Table 1, one stochastic layer, test -log p(x) in nats (K=5000)
 PUBLISHED = {"elbo": ("VAE (k=1)", 86.76), "iwae:k=5": ("IWAE k=5", 85.54),
@@ -116,9 +116,10 @@ def main(argv=None) -> None:
         start = time.perf_counter()
         result = fit(model, train, estimator=train_spec, epochs=args.epochs,
                      batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=device,
-                     quiet=True, monitor_size=500,
-                     optimizer=lambda params: torch.optim.Adam(params, lr=args.lr, eps=1e-4),
-                     lr_schedule=burda_schedule if args.burda_schedule else None)
+                     quiet=True, monitor=Monitoring(size=500),
+                     optimizer=Optimization(
+                         lambda params: torch.optim.Adam(params, lr=args.lr, eps=1e-4),
+                         lr_schedule=burda_schedule if args.burda_schedule else None))
         synchronize(device)
         seconds = time.perf_counter() - start
         nll = -log_likelihood(model, test, args.eval_samples, seed=args.seed).mean().item()

@@ -10,14 +10,24 @@
   code. Only that public function is used: subcommands are found on the parser itself, not by
   importing the modules that define them.
 * **Benchmarks.** ``docs/benchmarks.md`` holds the marker ``<!-- benchmarks-readme -->``; it is
-  replaced by ``benchmarks/README.md``, the one source of the benchmark tables.
+  replaced by ``benchmarks/README.md`` (headings one level down), the one source of the
+  benchmark tables.
+* **API reference sources.** ``pyro_vae.models`` and ``pyro_vae.inference`` live in the
+  top-level folders ``models/`` and ``inference/`` (``[tool.setuptools.package-dir]`` in
+  pyproject.toml), which griffe, reading the source statically, cannot find below
+  ``pyro_vae/``. The build assembles a temporary tree of symlinks, ``pyro_vae/`` with every
+  mapped subpackage inside it, and points mkdocstrings' python handler at it.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 from mkdocs.plugins import event_priority
@@ -31,6 +41,60 @@ CLI_MARKER = "<!-- cli-reference -->"
 BENCHMARKS_MARKER = "<!-- benchmarks-readme -->"
 #: width of the rendered help text (argparse reads $COLUMNS)
 HELP_WIDTH = 96
+
+
+# ---- sources for mkdocstrings -------------------------------------------------------------
+
+PACKAGE = "pyro_vae"
+_source_trees: list[str] = []
+
+
+def package_dirs() -> dict[str, Path]:
+    """``{"pyro_vae": ROOT/pyro_vae, "pyro_vae.models": ROOT/models, ...}`` from pyproject.toml."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    with open(ROOT / "pyproject.toml", "rb") as file:
+        setuptools = tomllib.load(file).get("tool", {}).get("setuptools", {})
+    mapping = {name: ROOT / folder for name, folder in setuptools.get("package-dir", {}).items()
+               if name == PACKAGE or name.startswith(PACKAGE + ".")}
+    mapping.setdefault(PACKAGE, ROOT / PACKAGE)
+    return mapping
+
+
+def api_source_tree() -> str:
+    """A temporary folder holding ``pyro_vae/`` as Python imports it, built from symlinks."""
+    tree = Path(tempfile.mkdtemp(prefix="pyro-vae-docs-api-"))
+    _source_trees.append(str(tree))
+    mapping = package_dirs()
+    package = tree / PACKAGE
+    package.mkdir()
+    for entry in mapping.pop(PACKAGE).iterdir():
+        if entry.name != "__pycache__":
+            (package / entry.name).symlink_to(entry)
+    for name, folder in sorted(mapping.items()):
+        link = tree.joinpath(*name.split("."))
+        if link.is_symlink() or link.exists():
+            continue  # a subpackage inside pyro_vae/ is already there
+        link.symlink_to(folder, target_is_directory=True)
+    return str(tree)
+
+
+@event_priority(100)  # before mkdocstrings reads its handlers' configuration
+def on_config(config):
+    plugin = config["plugins"].get("mkdocstrings")
+    if plugin is not None:
+        handlers = plugin.config["handlers"]
+        python = handlers.setdefault("python", {})
+        python["paths"] = [api_source_tree()]
+    return config
+
+
+@atexit.register
+def on_shutdown():
+    while _source_trees:
+        shutil.rmtree(_source_trees.pop(), ignore_errors=True)
 
 
 # ---- notebooks ---------------------------------------------------------------------------
@@ -86,18 +150,24 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
-def benchmarks_page() -> str:
-    text = BENCHMARKS_README.read_text(encoding="utf-8")
-    note = ("!!! note\n    This page is `benchmarks/README.md`, included when the site is built; "
-            "the scripts it describes are in `benchmarks/`.\n\n")
-    # the note goes under the README's title
-    title, _, rest = text.partition("\n")
-    return f"{title}\n\n{note}{rest}"
+def benchmarks_readme() -> str:
+    """``benchmarks/README.md`` with its headings one level down (not inside code blocks)."""
+    lines, fence = [], None
+    for line in BENCHMARKS_README.read_text(encoding="utf-8").splitlines():
+        stripped = line.lstrip()
+        if fence is None and stripped.startswith(("```", "~~~")):
+            fence = stripped[:3]
+        elif fence is not None and stripped.startswith(fence):
+            fence = None
+        elif fence is None and line.startswith("#"):
+            line = "#" + line
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def on_page_markdown(markdown, page, config, files):
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     if BENCHMARKS_MARKER in markdown:
-        markdown = benchmarks_page()
+        markdown = markdown.replace(BENCHMARKS_MARKER, benchmarks_readme())
     return markdown

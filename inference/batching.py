@@ -102,3 +102,10 @@ def first_tensor(source) -> torch.Tensor:
     if hasattr(source, "first"):
         return source.first()
     return source.get(torch.arange(len(source), device=getattr(source, "device", None)))[0]
+
+
+def _chunking(n_total: int, num_samples: int, batch_size: int | None,
+              particle_budget: int) -> tuple[int, int]:
+    """(datapoints per batch, particles per chunk) with their product near the budget."""
+    batch = min(n_total, batch_size or max(1, particle_budget // min(num_samples, 64)))
+    return batch, max(1, min(num_samples, particle_budget // batch))

@@ -9,7 +9,7 @@ Differences in the table are then due to the estimator (and the particle noise i
 not to initialisation or data order; the spread over seeds shows how much that noise moves
 the numbers.
 
-Nothing here reads or writes files: :mod:`pyro_vae.reports` saves tables and figures.
+Nothing here reads or writes files: :mod:`pyro_vae.studies.comparison` saves tables and figures.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from pyro_vae.inference.devices import resolve_device
 from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES, psis_khat
 from pyro_vae.inference.estimators import parse_estimator
 from pyro_vae.inference.evaluation import evaluate
+from pyro_vae.inference.fitting.options import Monitoring
 from pyro_vae.inference.fitting.svi import fit
 
 #: the per-run numbers the summary table aggregates over seeds, in table order
@@ -367,7 +368,8 @@ def compare(model: ModelSpec, train_data, test_data, estimators: Sequence = ("el
             run = _one_run(fitted, spec, seed, initial, train, test, khat_data, device,
                            dict(epochs=fit_epochs, max_seconds=max_seconds,
                                 batch_size=batch_size, lr=lr, optimizer=optimizer,
-                                validation_data=validation_data, monitor_size=monitor_size,
+                                validation_data=validation_data,
+                                monitor=fit_options.pop("monitor", Monitoring(size=monitor_size)),
                                 quiet=quiet, **fit_options),
                            dict(num_samples=eval_samples, elbo_particles=elbo_particles,
                                 seed=eval_seed, labels=test_labels), khat_samples)

@@ -49,7 +49,7 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_vae.inference.batching import as_source, first_tensor, ordered_batches
+from pyro_vae.inference.batching import _chunking, as_source, first_tensor, ordered_batches
 from pyro_vae.inference.enumeration import (
     MAX_ENUMERATION,
     _canonical,
@@ -79,11 +79,6 @@ def _importance_chunk(model, batch, k: int, nesting: int | None,
 
 
 
-def _chunking(n_total: int, num_samples: int, batch_size: int | None,
-              particle_budget: int) -> tuple[int, int]:
-    """(datapoints per batch, particles per chunk) with their product near the budget."""
-    batch = min(n_total, batch_size or max(1, particle_budget // min(num_samples, 64)))
-    return batch, max(1, min(num_samples, particle_budget // batch))
 
 
 def _refuse_point_mass_guide(model, source) -> None:
@@ -396,3 +391,8 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         accuracy=None if accuracy is None else accuracy.accuracy,
         accuracy_kind=None if accuracy is None else accuracy.kind,
         per_datapoint={"log_likelihood": ll, **terms, **extra})
+
+
+def gaussian_kl(mu: float, sigma: float) -> float:
+    """KL(N(mu, sigma^2) || N(0, 1)) = (mu^2 + sigma^2 - 1) / 2 - log sigma."""
+    return 0.5 * (mu * mu + sigma * sigma - 1.0) - math.log(sigma)

@@ -10,24 +10,16 @@ The public API in one place::
 """
 
 from pyro_vae import _moved, distributed, inference, models
-from pyro_vae.anomaly import AnomalyResult, run_anomaly_study
+from pyro_vae._version import __version__
 from pyro_vae.arviz_export import save_inference_data, to_inference_data
 from pyro_vae.checkpoints import CheckpointFiles, load_checkpoint, save_checkpoint
-from pyro_vae.collapse import CollapseResult, run_collapse_study
-from pyro_vae.conditional import plot_class_samples
 from pyro_vae.data import Dataset, DatasetError, MissingDataError, load_dataset
-from pyro_vae.holes import HolesStudyResult, kl_check_table, run_holes_study
 from pyro_vae.inference import (
-    Checkpointing,
     ComparisonResult,
     EvaluationResult,
     FitResult,
     FreeBitsELBO,
-    KLSchedule,
-    Monitoring,
     NonFiniteLossError,
-    NonFinitePolicy,
-    Optimization,
     ResumeError,
     active_units,
     clustering_accuracy,
@@ -45,6 +37,13 @@ from pyro_vae.inference import (
     score_gradient_variance,
     train_baseline_network,
 )
+from pyro_vae.inference.fitting import (
+    Checkpointing,
+    KLSchedule,
+    Monitoring,
+    NonFinitePolicy,
+    Optimization,
+)
 from pyro_vae.inference.metrics.anomaly import anomaly_scores, roc_auc
 from pyro_vae.inference.metrics.holes import hole_fractions
 from pyro_vae.io import CheckpointError, load_model, save_model
@@ -60,16 +59,19 @@ from pyro_vae.models import (
     SemiSupervisedVAE,
     autoencoder,
 )
-from pyro_vae.reports import run_comparison, save_comparison
+from pyro_vae.plots.classes import plot_class_samples
 from pyro_vae.runs import Run, build_model, load_data, open_run, train_run
 from pyro_vae.runs.builders import semi_supervised_labels
 from pyro_vae.runs.config import ConfigError, resolve_config
-
-__version__ = "0.1.0"
+from pyro_vae.studies.anomaly import AnomalyResult, run_anomaly_study
+from pyro_vae.studies.collapse import CollapseResult, run_collapse_study
+from pyro_vae.studies.comparison import run_comparison, save_comparison
+from pyro_vae.studies.holes import HolesStudyResult, kl_check_table, run_holes_study
 
 _moved.install()   # the 0.1 module paths keep importing for one release, with a warning
 
 __all__ = [
+    "__version__",
     "models", "inference", "Dataset", "load_dataset", "VAE", "PRIORS", "LIKELIHOODS", "GUIDES",
     "DataSupportError", "fit", "evaluate", "log_likelihood", "elbo_terms", "active_units",
     "kl_per_dimension", "posterior_means", "make_estimator", "FitResult", "EvaluationResult",
@@ -89,3 +91,11 @@ __all__ = [
     "clustering_accuracy", "semi_supervised_labels", "score_gradient_variance",
     "train_baseline_network",
 ]
+
+
+def __getattr__(name: str):
+    """``pyro_vae.reports`` and the other 0.1 submodules, as attributes (with a warning)."""
+    if f"pyro_vae.{name}" in _moved.MOVED:
+        import importlib
+        return importlib.import_module(f"pyro_vae.{name}")
+    raise AttributeError(f"module 'pyro_vae' has no attribute {name!r}")

@@ -199,14 +199,16 @@ def save_model(model: torch.nn.Module, path: str | os.PathLike, extra: dict | No
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load a saved model file (``weights_only=True``), checking its format. A training
     checkpoint is read as the model it holds (its configuration and weights)."""
-    payload = load_weights_only(path, "saved model",
-                                "save_model (e.g. RUN/model.pt) or fit(checkpoint_dir=RUN)")
+    payload = load_weights_only(
+        path, "saved model",
+        "save_model (e.g. RUN/model.pt) or fit(checkpoints=CheckpointFiles(RUN))")
     found = payload.get("format") if isinstance(payload, dict) else None
     if found == STATE_FORMAT:
         if not payload.get("model_config"):
             raise CheckpointError(f"the training checkpoint {str(path)!r} holds a model without "
                                   "a reconstructable configuration; rebuild the model yourself "
-                                  "and resume with fit(model, data, resume=...).")
+                                  "and resume with fit(model, data, checkpoints="
+                                  "CheckpointFiles(RUN, resume=True)).")
         return {"format": FORMAT, "version": FORMAT_VERSION, "config": payload["model_config"],
                 "state_dict": payload["model"], "extra": {"epoch": payload.get("epoch")}}
     if found != FORMAT:

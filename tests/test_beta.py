@@ -6,7 +6,7 @@ import pytest
 import pyro_vae as pv
 from pyro_vae.inference import make_estimator, scale_latent_sites
 from pyro_vae.inference.evaluation import log_density_terms
-from pyro_vae.inference.training import beta_schedule
+from pyro_vae.inference.fitting.options import beta_schedule
 
 
 def _loss(model, x, beta=None):

@@ -4,7 +4,7 @@ import pytest
 
 from pyro_vae.cli import build_parser
 from pyro_vae.cli.train import resolve_args
-from pyro_vae.config import (
+from pyro_vae.runs.config import (
     OPTIONS,
     ConfigError,
     defaults,

@@ -7,8 +7,8 @@ import pytest
 
 import pyro_vae as pv
 from pyro_vae.cli import main
-from pyro_vae.config import tomllib
 from pyro_vae.runs import build_model, load_data
+from pyro_vae.runs.config import tomllib
 
 FAST = ["--epochs", "1", "--hidden", "16", "--batch-size", "128", "--eval-samples", "10",
         "--quiet", "--device", "cpu", "--z-dim", "2"]

@@ -218,7 +218,7 @@ def test_compare_accepts_the_discrete_estimators_and_reports_accuracy(binary_dig
         assert run.evaluation["discrete_sites"] == {"y": "summed exactly"}
         assert 0.0 <= run.metrics["accuracy"] <= 1.0
         assert run.evaluation["accuracy_kind"] == "clustering"
-    markdown = pv.reports.comparison_markdown(result)
+    markdown = pv.studies.comparison.comparison_markdown(result)
     assert "test accuracy" in markdown and "y summed exactly" in markdown
     with pytest.raises(ValueError, match="one label per test point"):
         compare(lambda seed: GaussianMixtureVAE(64, 3, z_dim=2, hidden=[8]), data.train[:50],

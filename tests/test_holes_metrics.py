@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.holes import constructed_cases
 from pyro_vae.inference.metrics.holes import (
     aggregate_log_density,
     data_hole_fraction,
@@ -19,6 +18,7 @@ from pyro_vae.inference.metrics.holes import (
     nearest_negative_log_likelihood,
     scott_bandwidth,
 )
+from pyro_vae.studies.holes import constructed_cases
 
 ALPHA = 0.05
 # "no holes" means the fraction equals alpha up to Monte Carlo error: 4000 draws (sd 0.0034)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import pyro_vae as pv
-from pyro_vae.holes import HOLE_METRICS, METRICS, gaussian_kl, kl_check_table
+from pyro_vae.studies.holes import HOLE_METRICS, METRICS, gaussian_kl, kl_check_table
 
 
 def test_kl_check_table_agrees_with_the_closed_form():
@@ -100,7 +100,7 @@ def test_free_bits_restores_active_units(binary_digits):
 
 
 def test_trend_calls_changes_against_the_seed_spread():
-    from pyro_vae.holes import HOLE_METRICS, HolesStudyResult
+    from pyro_vae.studies.holes import HOLE_METRICS, HolesStudyResult
 
     def row(model, value, sd):
         out = {"model": model}

@@ -9,14 +9,14 @@ from matplotlib.figure import Figure
 
 import pyro_vae as pv
 from pyro_vae.inference import compare, gradient_snr, psis_khat
-from pyro_vae.report_plots import (
+from pyro_vae.plots.comparison import (
     plot_gradient_snr,
     plot_khat,
     plot_khat_by_estimator,
     plot_khat_results,
     plot_learning_curves,
 )
-from pyro_vae.reports import (
+from pyro_vae.studies.comparison import (
     comparison_markdown,
     gradient_snr_markdown,
     khat_markdown,

@@ -14,8 +14,8 @@ Minibatch scaling: over a batch of B of N datapoints the estimate of the full-da
 is (N/B) sum_{n in batch} E_q log p(x_n|z) - N beta sum_j max(lambda, KL_j), so the loss is an
 unbiased estimate of N L_lambda in its reconstruction term and uses the batch average inside
 the max, as in the paper. The scale N/B (and the KL weight beta) are read from the latent
-site, so ``fit(..., beta=..., beta_warmup_epochs=...)`` composes with it. KL annealing itself
-is :func:`pyro_vae.inference.fit`'s ``beta_warmup_epochs``.
+site, so ``fit(..., beta=KLSchedule(beta, warmup_epochs=...))`` composes with it. KL annealing
+itself is :func:`pyro_vae.inference.fit`'s ``beta=KLSchedule(...)``.
 """
 
 from __future__ import annotations

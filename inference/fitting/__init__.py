@@ -20,18 +20,20 @@ from pyro_vae.inference.fitting.options import (
 )
 from pyro_vae.inference.fitting.state import (
     STATE_FORMAT,
-    STATE_VERSION,
     ResumeError,
     capture_rng_state,
-    check_plain,
     restore_rng_state,
 )
 from pyro_vae.inference.fitting.svi import FitResult, accepts_num_data, fit
 
 __all__ = [
+    # fit and its options
     "fit", "FitResult", "Optimization", "KLSchedule", "Monitoring", "Checkpointing",
-    "NonFinitePolicy", "OPTIMIZERS", "make_optimizer", "beta_schedule", "NonFiniteLossError",
-    "find_non_finite_site", "non_finite_entries", "ResumeError", "STATE_FORMAT",
-    "STATE_VERSION", "capture_rng_state", "restore_rng_state", "check_plain",
-    "accepts_num_data", "DataParallel", "particle_seed",
+    "NonFinitePolicy", "OPTIMIZERS", "make_optimizer", "beta_schedule", "accepts_num_data",
+    # the non-finite guard
+    "NonFiniteLossError", "find_non_finite_site", "non_finite_entries",
+    # training state and resume
+    "ResumeError", "STATE_FORMAT", "capture_rng_state", "restore_rng_state",
+    # data parallelism
+    "DataParallel", "particle_seed",
 ]

@@ -153,7 +153,7 @@ def barrier() -> None:
 
 def rank_zero_only(fn: Callable) -> Callable:
     """``fn`` run on rank 0 only (returning None on the other ranks): for logs, prints,
-    figures and files, e.g. ``fit(..., callbacks=[rank_zero_only(print)])``."""
+    figures and files, e.g. ``fit(..., monitor=Monitoring(callbacks=[rank_zero_only(print)]))``."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         return fn(*args, **kwargs) if is_rank_zero() else None

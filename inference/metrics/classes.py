@@ -23,16 +23,14 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_vae.inference.batching import as_source, ordered_batches
-from pyro_vae.inference.evaluation import (
+from pyro_vae.inference.batching import _chunking, as_source, ordered_batches
+from pyro_vae.inference.enumeration import (
     MAX_ENUMERATION,
-    _chunking,
     _particle_budget,
     _plan,
     enumerated_terms,
-    guess_max_plate_nesting,
 )
-from pyro_vae.inference.log_densities import _data_dim, unwrap_distribution
+from pyro_vae.inference.log_densities import _data_dim, guess_max_plate_nesting, unwrap_distribution
 from pyro_vae.models._validation import check_positive_int, unknown_name_error
 
 POSTERIOR_METHODS = ("guide", "model")

@@ -124,9 +124,9 @@ def resolve_comparison(args: argparse.Namespace) -> tuple[dict, dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.reports import run_comparison
     from pyro_vae.runs import ModelFactory, default_run_dir, load_data
     from pyro_vae.runs.builders import evaluation_labels, training_data
+    from pyro_vae.studies.comparison import run_comparison
     config, settings = resolve_comparison(args)
     out = Path(args.out) if args.out else default_run_dir(config, prefix="compare-")
     dataset = load_data(config)

@@ -68,8 +68,8 @@ def run(args: argparse.Namespace) -> int:
     from pyro_vae.inference.comparison import first_points
     from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES
     from pyro_vae.inference.estimators import parse_estimator
-    from pyro_vae.report_plots import plot_gradient_snr, plot_khat_results
-    from pyro_vae.reports import (
+    from pyro_vae.plots.comparison import plot_gradient_snr, plot_khat_results
+    from pyro_vae.studies.comparison import (
         csv_text,
         gradient_snr_markdown,
         khat_markdown,

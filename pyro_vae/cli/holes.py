@@ -80,8 +80,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pyro_vae.holes import holes_study_files, run_holes_study
     from pyro_vae.runs import default_run_dir, load_data
+    from pyro_vae.studies.holes import holes_study_files, run_holes_study
     config = resolve_config({}, {k: v for k, v in collect_overrides(args).items()
                                  if k in DATA_OPTIONS})
     resolve_config({}, {"device": args.device, "estimator": args.estimator,   # checked early

@@ -31,6 +31,7 @@ import pyro
 import torch
 
 from pyro_vae import distributed as distributed_setup
+from pyro_vae._version import __version__
 from pyro_vae.checkpoints import CHECKPOINT_FILE, CheckpointFiles
 from pyro_vae.data import Dataset, is_array_path
 from pyro_vae.inference import KLSchedule, Monitoring, Optimization, evaluate, fit, resolve_device
@@ -255,7 +256,7 @@ def write_figures(model, dataset: Dataset, history, directory: str | Path, seed:
     from pyro_vae.plots import save_figures, standard_figures
     figures = standard_figures(model, dataset, history, seed=seed)
     if "y" in getattr(model, "discrete_sites", ()):
-        from pyro_vae.conditional import plot_class_samples
+        from pyro_vae.plots.classes import plot_class_samples
         shape = dataset.feature_shape if dataset.kind == "image" else None
         figures["class_samples"] = plot_class_samples(model, 8, shape)
     return save_figures(figures, directory)
@@ -403,7 +404,6 @@ def _resumed_config(run_dir, requested: Mapping) -> tuple[Path, dict]:
 
 
 def _version() -> str:
-    from pyro_vae import __version__
     return __version__
 
 

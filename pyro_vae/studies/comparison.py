@@ -198,7 +198,7 @@ def save_comparison(result: ComparisonResult, directory: str | os.PathLike, *,
                                          allow_nan=False, default=str))
     write_text(files["markdown"], comparison_markdown(result))
     if figures:
-        from pyro_vae.report_plots import plot_khat_by_estimator, plot_learning_curves
+        from pyro_vae.plots.comparison import plot_khat_by_estimator, plot_learning_curves
 
         save_figure(plot_learning_curves(result), files["curves_figure"])
         if "khat_figure" in files:

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyro_vae._studies import as_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.inference import fit
-from pyro_vae.inference.metrics.anomaly import SCORE_METHODS, anomaly_scores, roc_auc, roc_curve
+from pyro_vae.inference.metrics.anomaly import SCORE_METHODS, anomaly_scores, roc_auc
 from pyro_vae.models import VAE
+from pyro_vae.plots.studies import anomaly_figure
+from pyro_vae.studies._common import as_dataset
 
 
 @dataclass
@@ -85,27 +86,3 @@ def run_anomaly_study(dataset: Dataset | str = "digits", *, holdout_label: int |
     return result
 
 
-def anomaly_figure(result: AnomalyResult):
-    """Score histograms (inliers vs the left-out population) per method, and the ROC curves."""
-    import matplotlib.pyplot as plt
-
-    methods = list(result.auc)
-    fig, axes = plt.subplots(1, len(methods) + 1, figsize=(4.5 * (len(methods) + 1), 4))
-    for ax, method in zip(axes, methods, strict=False):
-        inlier, outlier = result.inlier_scores[method], result.outlier_scores[method]
-        bins = torch.linspace(float(torch.cat([inlier, outlier]).min()),
-                              float(torch.cat([inlier, outlier]).max()), 40)
-        ax.hist(inlier.numpy(), bins=bins.numpy(), alpha=0.6, density=True, label="inliers")
-        ax.hist(outlier.numpy(), bins=bins.numpy(), alpha=0.6, density=True,
-                label=f"left out ({result.settings['holdout_label']})")
-        ax.set(title=f"score: {method}", xlabel="score (nats)")
-        ax.legend(fontsize=7)
-    roc_ax = axes[-1]
-    for method in methods:
-        fpr, tpr = roc_curve(result.inlier_scores[method], result.outlier_scores[method])
-        roc_ax.plot(fpr.numpy(), tpr.numpy(), label=f"{method} (AUC {result.auc[method]:.3f})")
-    roc_ax.plot([0, 1], [0, 1], "k:", lw=1)
-    roc_ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    roc_ax.legend(fontsize=7)
-    fig.tight_layout()
-    return fig

@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pyro_vae._studies import as_dataset
 from pyro_vae.data import Dataset
 from pyro_vae.inference import evaluate, fit
 from pyro_vae.models import VAE
+from pyro_vae.plots.studies import collapse_figure
+from pyro_vae.studies._common import as_dataset
 
 VARIANTS = ("plain", "annealed", "free bits")
 
@@ -88,36 +89,3 @@ def run_collapse_study(dataset: Dataset | str = "digits", *, z_dim: int = 16, be
     return result
 
 
-def collapse_figure(result: CollapseResult):
-    """Three panels: KL per latent dimension (sorted), the active-unit statistic
-    Cov_x E_q[z_u|x] per dimension against the 0.01 threshold, and KL during training."""
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
-    width = 0.8 / len(result.rows)
-    for i, row in enumerate(result.rows):
-        kl = sorted(row["kl_per_dimension"], reverse=True)
-        variances = sorted(row["unit_variances"], reverse=True)
-        dims = np.arange(len(kl)) + (i - (len(result.rows) - 1) / 2) * width
-        label = f"{row['variant']} ({row['active_units']} active)"
-        axes[0].bar(dims, kl, width, label=label, color=f"C{i}")
-        axes[1].bar(dims, variances, width, label=label, color=f"C{i}")
-        history = result.histories[row["variant"]]
-        axes[2].plot(history.column("epoch"), history.column("kl"), color=f"C{i}",
-                     label=row["variant"])
-    lam = result.settings["free_bits"]
-    axes[0].axhline(lam, color="k", ls=":", lw=1, label=f"free bits lambda = {lam:g}")
-    axes[0].set(xlabel="latent dimension (sorted)", ylabel="KL(q(z_j|x) || p(z_j)) (nats)",
-                title="KL per dimension (test set)")
-    axes[1].axhline(0.01, color="k", ls=":", lw=1, label="active threshold 0.01")
-    axes[1].set_yscale("log")
-    axes[1].set(xlabel="latent dimension (sorted)", ylabel="Cov_x E_q[z_j | x]",
-                title="active units")
-    axes[2].set(xlabel="epoch", ylabel="KL (nats, beta-free)", title="KL during training")
-    for ax in axes:
-        ax.legend(fontsize=7)
-    fig.suptitle(f"Posterior collapse on {result.settings['dataset']}: beta = "
-                 f"{result.settings['beta']:g}, z_dim = {result.settings['z_dim']}")
-    fig.tight_layout()
-    return fig

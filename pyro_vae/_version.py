@@ -1,0 +1,3 @@
+"""The version of pyro-vae."""
+
+__version__ = "0.1.0"
