@@ -137,6 +137,18 @@ def test_no_long_file_without_a_reason(module):
         "(\"Long because ...\") why it stays whole")
 
 
+def test_the_architecture_page_names_every_module():
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    missing = []
+    for folder in LAYERS:
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).parts
+            if path.name != "__init__.py" and f"`{path.name}`" not in page and not (
+                    len(parts) > 1 and f"`{parts[0]}/`" in page):
+                missing.append(str(path.relative_to(ROOT)))
+    assert not missing, f"docs/architecture.md does not say what these hold: {missing}"
+
+
 def test_every_module_says_what_it_holds():
     missing = [str(path.relative_to(ROOT)) for path in MODULES.values()
                if not ast.get_docstring(ast.parse(path.read_text()))]
