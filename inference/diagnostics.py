@@ -37,6 +37,7 @@ from pyro_vae.inference.evaluation import (
     guess_max_plate_nesting,
     log_density_terms,
 )
+from pyro_vae.inference.random_state import restores_random_state
 
 #: k-hat thresholds of Vehtari et al.: above RELIABLE_KHAT the estimate is unreliable
 GOOD_KHAT = 0.5
@@ -199,6 +200,7 @@ def _as_batch(batch) -> tuple[torch.Tensor, ...]:
                     "data[:100].")
 
 
+@restores_random_state
 def gradient_snr(model, batch, estimators: Sequence = ("iwae:k=1", "iwae:k=5", "iwae:k=50"),
                  *, num_draws: int = 100, groups: Mapping | None = None, seed: int | None = 0,
                  vectorize_particles: bool = True, warmup_draws: int = 0) -> GradientSNRResult:
@@ -334,6 +336,7 @@ class KHatResult:
                 "sample_size_threshold": self.sample_size_threshold}
 
 
+@restores_random_state
 @torch.no_grad()
 def importance_log_weights(model, data, num_samples: int = 1000, *,
                            batch_size: int | None = None, particle_budget: int = 2 ** 15,
@@ -401,6 +404,7 @@ class ImportanceDraws:
                 for name, value in self.latents.items()}
 
 
+@restores_random_state
 @torch.no_grad()
 def importance_draws(model, data, num_draws: int = 1000, *, particle_budget: int = 2 ** 18,
                      seed: int | None = 0) -> ImportanceDraws:

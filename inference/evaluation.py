@@ -65,6 +65,7 @@ from pyro_vae.inference.log_densities import (
     is_point_mass,
     log_density_terms,
 )
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.models._validation import check_positive_int
 
 
@@ -96,6 +97,7 @@ def _refuse_point_mass_guide(model, source) -> None:
             "guide with a density (e.g. guide='diagonal').")
 
 
+@restores_random_state
 @torch.no_grad()
 def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | None = None,
                    particle_budget: int = 2 ** 15, max_plate_nesting: int | None = None,
@@ -107,7 +109,8 @@ def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | No
     Discrete latent sites are summed out exactly inside every weight when their joint
     configurations number at most ``max_enumeration`` (see :class:`EnumeratedTerms`), and
     drawn from the guide like any latent otherwise. Work proceeds in chunks of at most
-    ``particle_budget`` (particle, datapoint, configuration) triples.
+    ``particle_budget`` (particle, datapoint, configuration) triples. A ``seed`` fixes the
+    draws without touching the caller's random streams (:mod:`.random_state`).
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
@@ -328,6 +331,7 @@ class EvaluationResult:
         return {k: v for k, v in asdict(self).items() if k != "per_datapoint"}
 
 
+@restores_random_state
 def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
              batch_size: int | None = None, particle_budget: int = 2 ** 15,
              latent_site: str = "z", seed: int | None = 0, check: bool = True,
@@ -340,7 +344,8 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
     Discrete latent sites are summed out exactly in log p(x), the ELBO and its terms, and
     in E_q[z|x], whenever their joint configurations number at most ``max_enumeration``.
     ``labels`` (one integer per datapoint) add the accuracy of argmax q(y|x) at the guide's
-    site ``discrete_site`` (see :class:`EvaluationResult`).
+    site ``discrete_site`` (see :class:`EvaluationResult`). ``seed`` fixes the draws and
+    leaves the caller's random streams where they were (:mod:`.random_state`).
     """
     check_positive_int(elbo_particles, "elbo_particles")
     check_positive_int(particle_budget, "particle_budget")

@@ -31,6 +31,7 @@ from pyro.ops.provenance import detach_provenance, get_provenance
 
 from pyro_vae.inference.batching import as_source
 from pyro_vae.inference.estimators.registry import Choice, _particles_kwargs, register_estimator
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.models._validation import check_positive_int
 
 BASELINES = ("none", "avg", "nn")
@@ -179,6 +180,7 @@ register_estimator(
     check=_check_score_options)
 
 
+@restores_random_state
 def train_baseline_network(model, data, *, steps: int = 200, batch_size: int = 128,
                            lr: float = 3e-3, decay: float = 0.9, seed: int | None = 0
                            ) -> list[float]:

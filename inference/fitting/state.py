@@ -14,17 +14,16 @@ fit run in one go. A distributed state also holds every rank's random state
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from collections.abc import Mapping
 
-import numpy as np
 import pyro
 import torch
 
 from pyro_vae.inference.batching import first_tensor
 from pyro_vae.inference.fitting.data_parallel import particle_seed
 from pyro_vae.inference.fitting.nonfinite import non_finite_entries
+from pyro_vae.inference.random_state import capture_rng_state, restore_rng_state
 
 STATE_FORMAT = "pyro-vae-training-state"
 STATE_VERSION = 1
@@ -40,36 +39,6 @@ class ResumeError(ValueError):
 
 
 # ---- random states and plain-value state ------------------------------------------------
-
-def capture_rng_state() -> dict:
-    """Every global random state (Python, NumPy, torch CPU and CUDA) as tensors and plain
-    values, so it loads with ``torch.load(weights_only=True)``."""
-    py_version, py_internal, py_gauss = random.getstate()
-    _, np_keys, np_pos, np_has_gauss, np_cached = np.random.get_state(legacy=True)
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
-                  "has_gauss": int(np_has_gauss), "cached_gaussian": float(np_cached)},
-        "python": {"version": py_version, "internal": torch.tensor(py_internal),
-                   "gauss_next": py_gauss},
-    }
-
-
-def restore_rng_state(state: Mapping) -> None:
-    """Set every global random state from :func:`capture_rng_state`'s output. CUDA states
-    are restored when CUDA is available (as many devices as both sides have)."""
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available():
-        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state, index)
-    numpy = state["numpy"]
-    np.random.set_state(("MT19937", numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
-                         numpy["has_gauss"], numpy["cached_gaussian"]))
-    python = state["python"]
-    random.setstate((python["version"], tuple(python["internal"].tolist()),
-                     python["gauss_next"]))
-
 
 def _cpu_copy(obj):
     """A deep copy with every tensor detached and copied to the CPU (no aliasing of the

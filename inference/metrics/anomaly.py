@@ -19,11 +19,13 @@ from __future__ import annotations
 import torch
 
 from pyro_vae.inference.evaluation import elbo_terms, log_likelihood
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.models._validation import unknown_name_error
 
 SCORE_METHODS = ("elbo", "log_likelihood", "recon")
 
 
+@restores_random_state
 @torch.no_grad()
 def anomaly_scores(model, data, method: str = "log_likelihood", num_samples: int = 1000,
                    seed: int | None = 0, particle_budget: int = 2 ** 15) -> torch.Tensor:

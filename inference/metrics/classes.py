@@ -31,6 +31,7 @@ from pyro_vae.inference.enumeration import (
     enumerated_terms,
 )
 from pyro_vae.inference.log_densities import _data_dim, guess_max_plate_nesting, unwrap_distribution
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.models._validation import check_positive_int, unknown_name_error
 
 POSTERIOR_METHODS = ("guide", "model")
@@ -85,6 +86,7 @@ def _model_posterior(model, batch, site: str, num_samples: int, chunk: int,
     return torch.softmax(log_joint, dim=0).T
 
 
+@restores_random_state
 @torch.no_grad()
 def discrete_posterior(model, data, site: str = "y", *, method: str = "guide",
                        num_samples: int | None = None, batch_size: int | None = None,

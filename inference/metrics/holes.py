@@ -68,6 +68,7 @@ from pyro import poutine
 from pyro_vae.inference.batching import as_source, ordered_batches
 from pyro_vae.inference.evaluation import is_point_mass
 from pyro_vae.inference.log_densities import unwrap_distribution
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.models._validation import unknown_name_error
 
 DEFAULT_ALPHA = 0.05
@@ -328,6 +329,7 @@ def nearest_negative_log_likelihood(model, z: torch.Tensor, train: torch.Tensor,
 DATA_DISTANCES = ("likelihood", "euclidean")
 
 
+@restores_random_state
 @torch.no_grad()
 def hole_fractions(model, train: torch.Tensor, heldout: torch.Tensor, *,
                    num_draws: int = 2000, alpha: float = DEFAULT_ALPHA, bandwidth="scott",

@@ -21,6 +21,7 @@ import torch
 from matplotlib.figure import Figure
 
 from pyro_vae.inference.batching import as_source, first_tensor
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.io import atomic_write
 
 TRAIN_COLOR, VALIDATION_COLOR, GRID_COLOR = "tab:blue", "tab:orange", "#c9d3dd"
@@ -146,6 +147,7 @@ def plot_training_curves(history, title: str | None = None) -> Figure:
     return fig
 
 
+@restores_random_state
 def plot_samples(model, n: int = 64, feature_shape: Sequence[int] = (1, 28, 28),
                  ncol: int | None = None, seed: int | None = 0) -> Figure:
     """A grid of E[x | z] for ``n`` draws z ~ p(z) (images)."""
@@ -161,6 +163,7 @@ def plot_samples(model, n: int = 64, feature_shape: Sequence[int] = (1, 28, 28),
     return fig
 
 
+@restores_random_state
 def plot_sample_pairs(model, data, n: int | None = None, features: Sequence | None = None,
                       feature_names: Sequence[str] | None = None, seed: int | None = 0,
                       max_features: int = 5) -> Figure:
