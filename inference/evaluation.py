@@ -79,9 +79,6 @@ def _importance_chunk(model, batch, k: int, nesting: int | None,
     return log_density_terms(model, batch, k, nesting).log_weights
 
 
-
-
-
 def _refuse_point_mass_guide(model, source) -> None:
     if callable(getattr(model, "importance_log_weights", None)):
         return

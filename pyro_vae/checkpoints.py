@@ -13,7 +13,6 @@ the previous checkpoint or the new one, never a partial file. A state holding Na
 weights is refused, so the last good checkpoint is never replaced by a bad one.
 """
 
-
 from __future__ import annotations
 
 import os
@@ -97,24 +96,27 @@ class CheckpointFiles(Checkpointing):
     run directory or a checkpoint file; checkpoints then keep going to that file); pass the
     arguments of the interrupted run (``epochs`` may grow) and the result is bit-identical on
     CPU to the run done in one go. ``resume=OTHER`` continues from the checkpoint in
-    ``OTHER`` and writes to ``RUN``. A fresh fit never overwrites an existing checkpoint:
+    ``OTHER`` and writes to ``RUN``; ``resume=state`` continues from a training state in
+    memory and writes to ``RUN``. A fresh fit never overwrites an existing checkpoint:
     resume it or choose another directory. In a distributed fit only rank 0 touches the
     files: it checks and reads the checkpoint to resume from and sends it to the other ranks,
     and writes every checkpoint; a failure there is raised on every rank.
     """
 
     def __init__(self, directory: str | os.PathLike | None, *, every: int = 1,
-                 resume: bool | str | os.PathLike = False,
+                 resume: bool | str | os.PathLike | Mapping = False,
                  extra_state: Mapping[str, object] | None = None):
-        super().__init__(every=every, extra_state=dict(extra_state or {}))
-        if directory is None and resume in (False, None, True):
+        in_memory = isinstance(resume, Mapping)
+        super().__init__(every=every, resume=resume if in_memory else None,
+                         extra_state=dict(extra_state or {}))
+        if directory is None and (in_memory or resume in (False, None, True)):
             raise ValueError("CheckpointFiles needs a run directory to write to, or resume= a "
                              "run directory or checkpoint file to continue")
         self.directory = None if directory is None else Path(directory)
         if resume is True:
             self.resume_from = self.directory
             self.directory = None   # keep writing to the file resumed from
-        elif resume in (False, None):
+        elif in_memory or resume in (False, None):
             self.resume_from = None
         else:
             self.resume_from = Path(resume)
@@ -126,7 +128,7 @@ class CheckpointFiles(Checkpointing):
         """Read the state to resume from (rank 0 in a distributed fit) and decide, refusing to
         replace another run's checkpoint, which file this fit writes."""
         self.share = distributed_setup.file_work_runner(distributed)
-        state = None
+        state = self.resume
         if self.resume_from is not None:
             self.resumed_path, state = self.share(_read_resume_state, self.resume_from)
         self.target = self.share(_checkpoint_target, self.directory, self.resumed_path)
@@ -150,25 +152,11 @@ def _policy_from_file_keywords(checkpoint_dir, checkpoint_every: int, resume) ->
     if isinstance(resume, Mapping):
         if checkpoint_dir is None:
             return Checkpointing(every=checkpoint_every, resume=resume)
-        files = CheckpointFiles(checkpoint_dir, every=checkpoint_every)
-        files.load = _loading_state(files, resume)
-        return files
-    if checkpoint_dir is not None and Path(checkpoint_dir).exists() and not Path(
-            checkpoint_dir).is_dir():
-        raise NotADirectoryError(f"checkpoint_dir {str(checkpoint_dir)!r} is a file; pass a "
-                                 "directory (it is created if missing).")
+        return CheckpointFiles(checkpoint_dir, every=checkpoint_every, resume=resume)
     if checkpoint_dir is None:
         return CheckpointFiles(resume, every=checkpoint_every, resume=True)
     return CheckpointFiles(checkpoint_dir, every=checkpoint_every,
                            resume=resume if resume is not None else False)
-
-
-def _loading_state(files: CheckpointFiles, state: Mapping):
-    """A ``load`` that resumes from an in-memory state and writes to ``files``' directory."""
-    def load(distributed: bool = False):
-        CheckpointFiles.load(files, distributed)
-        return state
-    return load
 
 
 def _read_resume_state(location: Path) -> tuple[Path, dict]:

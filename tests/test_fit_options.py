@@ -103,6 +103,18 @@ def test_a_checkpointing_hook_receives_states_that_resume(x):
     assert torch.equal(weights(model), weights(again))
 
 
+def test_checkpoint_files_resume_from_a_state_in_memory(x, tmp_path):
+    states = []
+    model = small_vae()
+    pv.fit(model, x, epochs=2, batch_size=32, quiet=True,
+           checkpoints=pv.Checkpointing(save_state=states.append))
+    again = small_vae()
+    pv.fit(again, x, epochs=2, batch_size=32, quiet=True,
+           checkpoints=pv.CheckpointFiles(tmp_path / "run", resume=states[0]))
+    assert torch.equal(weights(model), weights(again))
+    assert pv.load_checkpoint(tmp_path / "run")["epoch"] == 2
+
+
 @pytest.mark.parametrize("make, match", [
     (lambda: pv.Optimization("adamm"), "unknown optimizer 'adamm'.*expected one of"),
     (lambda: pv.Optimization(clip_norm=0), "clip_norm must be positive"),

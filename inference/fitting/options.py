@@ -34,6 +34,13 @@ def _is_count(value, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def _check_optimizer(optimizer) -> None:
+    if not (callable(optimizer) and not isinstance(optimizer, str)) and (
+            optimizer not in OPTIMIZERS):
+        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
+                         " or a callable params -> torch.optim.Optimizer")
+
+
 @dataclass(frozen=True)
 class Optimization:
     """The optimiser and its schedule.
@@ -49,9 +56,7 @@ class Optimization:
     clip_norm: float | None = None
 
     def __post_init__(self):
-        if isinstance(self.optimizer, str) and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; expected one of "
-                             f"{sorted(OPTIMIZERS)} or a callable params -> torch.optim.Optimizer")
+        _check_optimizer(self.optimizer)
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise ValueError(f"clip_norm must be positive or None; got {self.clip_norm!r}")
 
@@ -159,11 +164,9 @@ class Monitoring:
 
 def make_optimizer(optimizer, parameters, lr: float) -> torch.optim.Optimizer:
     """``optimizer``: a name in :data:`OPTIMIZERS` or a callable params -> optimizer."""
+    _check_optimizer(optimizer)
     if callable(optimizer) and not isinstance(optimizer, str):
         return optimizer(parameters)
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {optimizer!r}; expected one of {sorted(OPTIMIZERS)}"
-                         " or a callable params -> torch.optim.Optimizer")
     return OPTIMIZERS[optimizer](parameters, lr=lr)
 
 

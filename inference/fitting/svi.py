@@ -15,7 +15,6 @@ This layer writes no files: checkpoints go to the hook of a :class:`.Checkpointi
 (:class:`pyro_vae.CheckpointFiles` writes them to a run directory).
 """
 
-
 from __future__ import annotations
 
 import inspect
@@ -56,7 +55,6 @@ def accepts_num_data(model) -> bool:
     return "num_data" in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
 
 
-
 def _check_fit_arguments(epochs, batch_size, lr, n, max_seconds) -> None:
     if not _is_count(epochs, 0):
         raise ValueError(f"epochs must be a non-negative integer; got {epochs!r}. Pass e.g. "
@@ -94,7 +92,6 @@ class FitResult:
 
     def column(self, key: str) -> list[float]:
         return [record.get(key, float("nan")) for record in self.history]
-
 
 
 def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device,

@@ -274,4 +274,3 @@ def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torc
 def build_model(config: Mapping, dataset: Dataset) -> torch.nn.Module:
     """The (untrained) model a resolved configuration describes, sized for ``dataset``."""
     return MODEL_BUILDERS[config["model"]](config, dataset)
-

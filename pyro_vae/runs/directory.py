@@ -56,10 +56,8 @@ RUN_ARTIFACTS = (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, MODEL_FILE, CHECKPOINT
                  "reconstructions-*.npz", f"{FIGURES_DIR}/*.png")
 
 
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 
 @dataclass

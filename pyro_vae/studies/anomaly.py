@@ -84,5 +84,3 @@ def run_anomaly_study(dataset: Dataset | str = "digits", *, holdout_label: int |
     if figure:
         result.figure = anomaly_figure(result)
     return result
-
-

@@ -87,5 +87,3 @@ def run_collapse_study(dataset: Dataset | str = "digits", *, z_dim: int = 16, be
     if figure:
         result.figure = collapse_figure(result)
     return result
-
-

@@ -60,7 +60,6 @@ def model_label(beta: float | None) -> str:
 # ---- the Gaussian KL check --------------------------------------------------------------
 
 
-
 def kl_check_table(cases: Sequence[tuple[float, float]] = KL_CASES, num_random: int = 5,
                    num_samples: int = 200_000, seed: int = 0) -> list[dict]:
     """The closed-form KL(N(mu, sigma^2) || N(0, 1)) against a Monte Carlo average of
@@ -435,17 +434,3 @@ def run_holes_study(dataset: Dataset | str = "digits", *, betas: Sequence[float]
     if out_dir is not None:
         result.save(out_dir)
     return result
-
-
-# ---- the figure -------------------------------------------------------------------------
-
-
-
-
-
-
-
-
-
-
-
