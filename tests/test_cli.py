@@ -206,6 +206,7 @@ def test_train_resume_continues_bit_for_bit(tmp_path, capsys):
 def test_a_refused_resume_changes_nothing(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *FAST, "--z-dim", "2", "--no-figures", "--out", str(run)]) == 0
+    assert "compiled steps" not in capsys.readouterr().err     # --quiet: no log lines
     before = _snapshot(run)
     refusals = [
         (["--resume", str(run), "--z-dim", "5"], "z_dim=5 (run: 2)"),

@@ -127,9 +127,13 @@ def test_compiling_consumes_no_random_numbers():
 
 def test_jit_flag_in_specs():
     assert str(parse_estimator("elbo:jit=1")) == "elbo:k=1,jit=1"
-    assert str(parse_estimator("iwae:k=5,jit=0")) == "iwae:k=5"
+    assert str(parse_estimator("iwae:k=5,jit=0")) == "iwae:k=5,jit=0"
+    assert str(parse_estimator("iwae:k=5,jit=auto")) == "iwae:k=5"
+    assert parse_estimator("iwae:k=5,jit=0").objective == "iwae:k=5"
     assert parse_estimator("iwae:k=5").options == {"k": 5}
-    with pytest.raises(ValueError, match="jit in estimator spec 'elbo:jit=maybe' must be 1 or 0"):
+    assert make_estimator("elbo").jit is None and make_estimator("elbo:jit=0").jit is False
+    with pytest.raises(ValueError, match="jit in estimator spec 'elbo:jit=maybe' must be 1, "
+                       "0 or auto"):
         parse_estimator("elbo:jit=maybe")
 
 

@@ -17,15 +17,19 @@ from pyro.infer.util import (
 from torch.distributions import kl_divergence
 
 from pyro_vae.inference.estimators._device_loss import DeviceLossMixin, _as_float64
-from pyro_vae.inference.estimators.registry import _flag, _particles_kwargs, register_estimator
+from pyro_vae.inference.estimators.registry import (
+    _JIT_OPTION,
+    _particles_kwargs,
+    register_estimator,
+)
 
 
 class SyncFreeTrace_ELBO(DeviceLossMixin, pyro.infer.Trace_ELBO):
     """``Trace_ELBO`` (score-function terms included) with :class:`DeviceLossMixin`."""
 
-    def __init__(self, *args, jit: bool = False, **kwargs):
+    def __init__(self, *args, jit: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.jit = bool(jit)
+        self.jit = jit
 
     @staticmethod
     def _particle_terms(model_trace, guide_trace):
@@ -59,9 +63,9 @@ class SyncFreeTrace_ELBO(DeviceLossMixin, pyro.infer.Trace_ELBO):
 class SyncFreeTraceMeanField_ELBO(DeviceLossMixin, pyro.infer.TraceMeanField_ELBO):
     """``TraceMeanField_ELBO`` with :class:`DeviceLossMixin`."""
 
-    def __init__(self, *args, jit: bool = False, **kwargs):
+    def __init__(self, *args, jit: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.jit = bool(jit)
+        self.jit = jit
 
     @staticmethod
     def _particle_terms(model_trace, guide_trace):
@@ -99,11 +103,11 @@ class SyncFreeTraceMeanField_ELBO(DeviceLossMixin, pyro.infer.TraceMeanField_ELB
 
 
 register_estimator(
-    "elbo", lambda k, vectorize_particles, max_plate_nesting, jit=False: SyncFreeTrace_ELBO(
+    "elbo", lambda k, vectorize_particles, max_plate_nesting, jit=None: SyncFreeTrace_ELBO(
         **_particles_kwargs(k, vectorize_particles, max_plate_nesting), jit=jit),
-    {"k": (int, 1), "jit": (_flag, False)}, "Trace_ELBO: Monte Carlo ELBO")
+    {"k": (int, 1), "jit": _JIT_OPTION}, "Trace_ELBO: Monte Carlo ELBO")
 register_estimator(
-    "meanfield", lambda k, vectorize_particles, max_plate_nesting, jit=False:
+    "meanfield", lambda k, vectorize_particles, max_plate_nesting, jit=None:
     SyncFreeTraceMeanField_ELBO(**_particles_kwargs(k, vectorize_particles, max_plate_nesting),
                                 jit=jit),
-    {"k": (int, 1), "jit": (_flag, False)}, "TraceMeanField_ELBO: analytic KL where available")
+    {"k": (int, 1), "jit": _JIT_OPTION}, "TraceMeanField_ELBO: analytic KL where available")

@@ -22,10 +22,17 @@ class EstimatorSpec:
     options: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
-        # on/off flags are shown only when on, as 1 (``elbo:k=1,jit=1``)
+        # on/off flags as 1/0 (``elbo:k=1,jit=1``); an automatic choice (None) is not shown
         shown = [f"{k}={int(v)}" if isinstance(v, bool) else f"{k}={v}"
-                 for k, v in self.options.items() if v is not False]
+                 for k, v in self.options.items() if v is not None]
         return self.name + ":" + ",".join(shown) if shown else self.name
+
+    @property
+    def objective(self) -> str:
+        """The spec without its ``jit`` option: what is computed, whichever way (a compiled
+        step gives the eager step's numbers)."""
+        return str(EstimatorSpec(self.name, {k: v for k, v in self.options.items()
+                                             if k != "jit"}))
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,18 @@ def _flag(text: str) -> bool:
 _flag.__name__ = "1 or 0"
 
 
+def _jit_choice(text: str) -> bool | None:
+    """The ``jit`` option: 1 (compile, or fail saying why), 0 (eager), auto (compile when
+    the model qualifies; see :mod:`.compiled`) -> True, False, None."""
+    if str(text).strip().lower() == "auto":
+        return None
+    return _flag(text)
+
+
+_jit_choice.__name__ = "1, 0 or auto"
+_JIT_OPTION = (_jit_choice, None)
+
+
 def _particles_kwargs(k: int, vectorize: bool, max_plate_nesting: float) -> dict:
     return {"num_particles": k, "vectorize_particles": bool(vectorize and k > 1),
             "max_plate_nesting": max_plate_nesting}
@@ -85,7 +104,7 @@ def valid_specs() -> list[str]:
     out = []
     for name, entry in ESTIMATORS.items():
         opts = ",".join(f"{k}={default}" for k, (_, default) in entry.options.items()
-                        if not isinstance(default, bool))
+                        if not isinstance(default, bool) and default is not None)
         out.append(f"{name}:{opts}" if opts else name)
     return out
 
@@ -101,9 +120,9 @@ def parse_estimator(spec: str | EstimatorSpec) -> EstimatorSpec:
     if name not in ESTIMATORS:
         raise unknown_name_error("estimator", name, ESTIMATORS, valid_specs())
     entry = ESTIMATORS[name]
-    # on/off flags appear only when given (``iwae:k=5`` parses to {'k': 5})
+    # on/off flags and jit appear only when given (``iwae:k=5`` parses to {'k': 5})
     options = {key: default for key, (kind, default) in entry.options.items()
-               if kind is not _flag}
+               if kind not in (_flag, _jit_choice)}
     for item in filter(None, (p.strip() for p in rest.split(","))):
         key, eq, value = item.partition("=")
         if not eq or key not in entry.options:

@@ -18,7 +18,11 @@ from pyro.infer.util import (
 from pyro.util import warn_if_nan
 
 from pyro_vae.inference.estimators._device_loss import DeviceLossMixin, _as_float64
-from pyro_vae.inference.estimators.registry import _flag, _particles_kwargs, register_estimator
+from pyro_vae.inference.estimators.registry import (
+    _JIT_OPTION,
+    _particles_kwargs,
+    register_estimator,
+)
 
 
 class MinibatchRenyiELBO(DeviceLossMixin, pyro.infer.RenyiELBO):
@@ -33,9 +37,9 @@ class MinibatchRenyiELBO(DeviceLossMixin, pyro.infer.RenyiELBO):
     stay inside the weights. Without subsampling it is identical to ``RenyiELBO``.
     """
 
-    def __init__(self, *args, jit: bool = False, **kwargs):
+    def __init__(self, *args, jit: bool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
-        self.jit = bool(jit)
+        self.jit = jit
 
     @staticmethod
     def _common_subsample_scale(model_trace, guide_trace) -> float:
@@ -125,10 +129,10 @@ class MinibatchRenyiELBO(DeviceLossMixin, pyro.infer.RenyiELBO):
 
 
 register_estimator(
-    "iwae", lambda k, vectorize_particles, max_plate_nesting, jit=False: MinibatchRenyiELBO(
+    "iwae", lambda k, vectorize_particles, max_plate_nesting, jit=None: MinibatchRenyiELBO(
         alpha=0.0, **_particles_kwargs(k, vectorize_particles, max_plate_nesting), jit=jit),
-    {"k": (int, 5), "jit": (_flag, False)}, "importance-weighted bound (Renyi alpha=0)")
+    {"k": (int, 5), "jit": _JIT_OPTION}, "importance-weighted bound (Renyi alpha=0)")
 register_estimator(
-    "renyi", lambda alpha, k, vectorize_particles, max_plate_nesting, jit=False: MinibatchRenyiELBO(
+    "renyi", lambda alpha, k, vectorize_particles, max_plate_nesting, jit=None: MinibatchRenyiELBO(
         alpha=alpha, **_particles_kwargs(k, vectorize_particles, max_plate_nesting), jit=jit),
-    {"alpha": (float, 0.5), "k": (int, 5), "jit": (_flag, False)}, "Renyi alpha-bound")
+    {"alpha": (float, 0.5), "k": (int, 5), "jit": _JIT_OPTION}, "Renyi alpha-bound")

@@ -6,8 +6,9 @@ Per step, gradients of the estimator's surrogate are accumulated by Pyro
 built-in estimators return the loss as a tensor on the device (``device_loss_and_grads``), the
 epoch's running loss is summed there and read once, and the one value a step reads back is the
 flag "loss and gradient norm are finite", which the non-finite guard needs before it lets the
-optimizer step. An estimator compiled with ``jit=1`` replays a recorded graph instead of
-tracing the model every step; the steps of a KL warm-up (a new beta each) run eagerly.
+optimizer step. A compiled step (the default where the fit qualifies, see
+:mod:`pyro_vae.inference.estimators.compiled`) replays a recorded graph instead of tracing the
+model every step; the steps of a KL warm-up (a new beta each) run eagerly.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Fit(ResumableFit, NonFiniteGuard):
     def __init__(self, model, source, *, elbo, optimizer, lr_scheduler, schedules: dict,
                  settings: dict, monitor_index, order: torch.Generator, nesting: int,
                  batch_size: int, beta: float, warmup_steps: int, clip_norm, scaled: bool,
-                 nonfinite: str, max_skipped_steps: int, device,
+                 compiled: bool, nonfinite: str, max_skipped_steps: int, device,
                  parallel: DataParallel | None = None, validation: tuple | None = None):
         self.model, self.source, self.elbo = model, source, elbo
         self.validation = validation
@@ -45,6 +46,7 @@ class Fit(ResumableFit, NonFiniteGuard):
         self.settings, self.monitor_index, self.order = settings, monitor_index, order
         self.nesting, self.batch_size, self.beta = nesting, batch_size, beta
         self.warmup_steps, self.clip_norm, self.scaled = warmup_steps, clip_norm, scaled
+        self.compiled = compiled
         self.nonfinite, self.max_skipped_steps, self.device = nonfinite, max_skipped_steps, device
         self.parallel = parallel
         # bound once: a compiled estimator keys its graph on them, and every step saves the
@@ -83,26 +85,13 @@ class Fit(ResumableFit, NonFiniteGuard):
         beta = beta_schedule(self.beta, self.warmup_steps, self.step)
         self.current_beta = beta
         rng_before = torch.get_rng_state()
-        optimizer.zero_grad(set_to_none=True)
-        invalid, loss = None, 0.0
-        if len(batch[0]):   # a rank's shard of a small last batch can be empty
-            try:
-                with scale_latent_sites(beta):
-                    if self.device_loss:
-                        # while beta ramps up every step has its own KL weight: a compiled
-                        # estimator would compile each one, so those steps run eagerly
-                        loss = self.elbo.device_loss_and_grads(
-                            self.model_fn, self.guide_fn, *batch,
-                            compiled=None if self.step >= self.warmup_steps else False,
-                            **self.step_kwargs)
-                    else:
-                        loss = self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *batch,
-                                                        **self.step_kwargs)
-            except ValueError as error:
-                # distribution validation rejects NaN parameters before any loss exists
-                if "found invalid values" not in str(error):
-                    raise
-                invalid, loss = error, float("nan")
+        # while beta ramps up every step has its own KL weight: a compiled estimator would
+        # compile each one, so those steps run eagerly
+        compiled = self.compiled and self.step >= self.warmup_steps
+        if compiled:
+            cuda_rng_before = (torch.cuda.get_rng_state(batch[0].device)
+                               if batch[0].device.type == "cuda" else None)
+        invalid, loss = self._estimate(batch, beta, compiled)
         if self.parallel is not None:
             # the loss and gradient of the global batch, identical on every rank
             weight = len(batch[0]) / global_size if self.scaled else 1.0
@@ -117,6 +106,18 @@ class Fit(ResumableFit, NonFiniteGuard):
             loss_finite, grads_finite = finite[0], all(finite[1:])
         else:
             loss_finite = math.isfinite(loss)
+            grads_finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+        if compiled and self.parallel is None and not (loss_finite and grads_finite):
+            # a graph does not validate distributions: the same step, same draws, eagerly,
+            # so a failed step is found and reported exactly as an eager fit reports it
+            torch.set_rng_state(rng_before)
+            if cuda_rng_before is not None:
+                torch.cuda.set_rng_state(cuda_rng_before, batch[0].device)
+            invalid, loss = self._estimate(batch, beta, compiled=False)
+            params = [p for p in self.parameters if p.grad is not None]
+            grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
+                         else None)
+            loss_finite = invalid is None and bool(torch.isfinite(loss))
             grads_finite = grad_norm is None or bool(torch.isfinite(grad_norm))
         if invalid is not None or not loss_finite:
             self._fail_non_finite(batch, beta, rng_before, float(loss), invalid, epoch,
@@ -146,6 +147,26 @@ class Fit(ResumableFit, NonFiniteGuard):
         self.loss_sum = self.loss_sum + loss * (global_size / self.n if self.scaled else 1.0)
         self.seen += global_size
 
+
+    def _estimate(self, batch, beta: float, compiled: bool):
+        """Zero the gradients, then accumulate the estimator's gradients on ``batch``:
+        ``(None, loss)``, or ``(error, nan)`` when distribution validation rejected NaN
+        parameters before any loss existed."""
+        self.optimizer.zero_grad(set_to_none=True)
+        if not len(batch[0]):   # a rank's shard of a small last batch can be empty
+            return None, 0.0
+        try:
+            with scale_latent_sites(beta):
+                if self.device_loss:
+                    return None, self.elbo.device_loss_and_grads(
+                        self.model_fn, self.guide_fn, *batch, compiled=compiled,
+                        **self.step_kwargs)
+                return None, self.elbo.loss_and_grads(self.model_fn, self.guide_fn, *batch,
+                                                      **self.step_kwargs)
+        except ValueError as error:
+            if "found invalid values" not in str(error):
+                raise
+            return error, float("nan")
 
     def step_on(self, indices: torch.Tensor, epoch: int, batch_number: int) -> None:
         """Fetch the global batch of rows ``indices`` (this rank's share of it) and take

@@ -21,6 +21,7 @@ import pyro
 import torch
 
 from pyro_vae.inference.batching import first_tensor
+from pyro_vae.inference.estimators import parse_estimator
 from pyro_vae.inference.fitting.data_parallel import particle_seed
 from pyro_vae.inference.fitting.nonfinite import non_finite_entries
 from pyro_vae.inference.random_state import capture_rng_state, restore_rng_state
@@ -92,6 +93,16 @@ def _stateful(obj) -> bool:
         getattr(obj, "load_state_dict", None))
 
 
+def _objective_settings(settings: Mapping) -> Mapping:
+    """``settings`` with the estimator spec stripped of ``jit`` (states written before jit
+    became automatic say ``elbo:k=1,jit=1``): compiled and eager steps give the same numbers."""
+    spec = settings.get("estimator")
+    try:
+        return {**settings, "estimator": parse_estimator(spec).objective}
+    except (ValueError, TypeError):
+        return settings
+
+
 def _describe_differences(saved: Mapping, current: Mapping, keys) -> list[str]:
     return [f"{key}: checkpoint {saved.get(key)!r}, this fit {current.get(key)!r}"
             for key in keys if saved.get(key) != current.get(key)]
@@ -157,7 +168,8 @@ class ResumableFit:
         if absent:
             raise ResumeError(f"the training state lacks {absent}; it is incomplete or was "
                               "altered. Use another checkpoint.")
-        differences = _describe_differences(state["settings"], self.settings, RESUME_SETTINGS)
+        differences = _describe_differences(_objective_settings(state["settings"]),
+                                            self.settings, RESUME_SETTINGS)
         if differences:
             raise ResumeError("the checkpoint was written by a fit with other settings ("
                               + "; ".join(differences) + "). Resume with the checkpoint's "

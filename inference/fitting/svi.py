@@ -18,6 +18,7 @@ This layer writes no files: checkpoints go to the hook of a :class:`.Checkpointi
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 from pyro_vae.inference.batching import as_source, first_tensor
 from pyro_vae.inference.devices import resolve_device
 from pyro_vae.inference.estimators import make_estimator, parse_estimator
+from pyro_vae.inference.estimators.compiled import compilation_obstacle
 from pyro_vae.inference.evaluation import guess_max_plate_nesting
 from pyro_vae.inference.fitting.data_parallel import DataParallel, particle_seed
 from pyro_vae.inference.fitting.loop import Fit, _hand_over
@@ -44,6 +46,8 @@ from pyro_vae.inference.fitting.options import (
 )
 from pyro_vae.inference.fitting.process_group import init_distributed
 from pyro_vae.inference.fitting.state import ResumeError, _data_fingerprint, _stateful
+
+logger = logging.getLogger("pyro_vae")
 
 
 def accepts_num_data(model) -> bool:
@@ -114,7 +118,8 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
         check(first_tensor(source), what="training data")
     batch_size = min(128, n) if batch_size is None else batch_size
     _check_fit_arguments(epochs, batch_size, lr, n, max_seconds)
-    spec = str(parse_estimator(estimator)) if isinstance(estimator, str) else type(
+    # without jit: a compiled step computes the eager step's numbers, so either resumes
+    spec = parse_estimator(estimator).objective if isinstance(estimator, str) else type(
         estimator).__name__
     schedules = dict(checkpoints.extra_state if checkpoints is not None else {})
     for name, obj in schedules.items():
@@ -152,6 +157,9 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
         if _stateful(callback):
             schedules.setdefault(f"callback_{index}", callback)
     scaled = accepts_num_data(model)
+    step_kwargs = {"num_data": n} if scaled else {}
+    eager_reason = compilation_obstacle(elbo, model, source.get(monitor_index[:2]), step_kwargs,
+                                        distributed=parallel is not None)
     # the keys are those of 0.1's keyword arguments: checkpoints written then still resume
     settings = {"estimator": spec, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "optimizer": optimization.name,
@@ -161,7 +169,8 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
                 "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds,
                 "monitor_size": monitor_size, "vectorize_particles": vectorize_particles,
                 "nonfinite": policy.action, "max_skipped_steps": policy.max_skipped_steps,
-                "world_size": 1 if parallel is None else parallel.world_size}
+                "world_size": 1 if parallel is None else parallel.world_size,
+                "compiled": eager_reason is None, "eager_reason": eager_reason}
     saves = checkpoints is not None and checkpoints.saves
     every = checkpoints.every if checkpoints is not None else 1
     if parallel is not None:
@@ -171,7 +180,7 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
               schedules=schedules, settings=settings, monitor_index=monitor_index,
               order=order, nesting=nesting, batch_size=batch_size, beta=kl.beta,
               warmup_steps=int(round(kl.warmup_epochs * math.ceil(n / batch_size))),
-              clip_norm=optimization.clip_norm, scaled=scaled,
+              clip_norm=optimization.clip_norm, scaled=scaled, compiled=eager_reason is None,
               nonfinite=policy.action, max_skipped_steps=policy.max_skipped_steps,
               device=device, parallel=parallel, validation=validation)
     if resume is not None:
@@ -183,6 +192,11 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
         run.restore_random_states(resume)
     elif saves:
         run.state_dict()   # fail now, not after an epoch, if some state cannot be stored
+    if eager_reason is None:
+        logger.info("fit %s: compiled steps (the first step of each batch shape compiles; "
+                    "jit=0 steps eagerly)", spec)
+    else:
+        logger.info("fit %s: eager steps: %s", spec, eager_reason)
     return run
 
 
@@ -289,6 +303,9 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
             break
     result.history = run.history
     result.skipped_steps = run.skipped_steps
+    compiled_objective = getattr(run.elbo, "_compiled", None)
+    if compiled_objective is not None:
+        settings["compile_seconds"] = round(compiled_objective.compile_seconds, 3)
     result.seconds = time.perf_counter() - started
     return result
 

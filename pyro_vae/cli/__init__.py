@@ -9,6 +9,7 @@ tracebacks.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from pyro_vae.cli import compare, diagnose, evaluate, holes, reconstruct, sample, train
@@ -59,6 +60,29 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of the record."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def _log_to_stderr(level: int) -> None:
+    """The library's log lines from ``level`` up (INFO: e.g. whether a fit steps compiled or
+    eagerly, and why) as ``pyro-vae: ...`` on stderr."""
+    logger = logging.getLogger("pyro_vae")
+    if not any(isinstance(handler, _StderrHandler) for handler in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter(f"{PROG}: %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``pyro-vae`` with ``argv`` (default: sys.argv[1:]); returns the exit code."""
     import matplotlib
@@ -66,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     from pyro_vae.inference import NonFiniteLossError
     try:
         args = build_parser().parse_args(argv)
+        _log_to_stderr(logging.WARNING if getattr(args, "quiet", False) else logging.INFO)
         return args.handler(args)
     except user_errors() as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
