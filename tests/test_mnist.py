@@ -132,3 +132,35 @@ def test_shared_mnist_copy():
     probs = d.train.probs
     assert float(probs.min()) == 0 and float(probs.max()) == 1
     assert abs(float(probs.mean()) - 0.1307) < 0.001      # the well-known MNIST pixel mean
+
+
+def test_each_file_is_checksummed_once_until_it_changes(tmp_path, monkeypatch):
+    import pyro_vae.data.mnist as mnist
+    arrays = write_mnist(tmp_path, compress=False)
+    published = {stem: (hashlib.md5(idx_bytes(array)).hexdigest(), len(idx_bytes(array)))
+                 for stem, array in arrays.items()}
+    monkeypatch.setattr(mnist, "MNIST_FILES", published)
+    monkeypatch.setattr(mnist, "_VERIFIED", set())
+    digests, md5 = [], hashlib.md5
+
+    def counting_md5(data):
+        digests.append(len(data))
+        return md5(data)
+
+    monkeypatch.setattr(mnist.hashlib, "md5", counting_md5)
+    load_dataset("mnist", data_dir=tmp_path, binarize="none")
+    assert len(digests) == 4
+    first = load_dataset("mnist", data_dir=tmp_path, binarize="none")
+    assert len(digests) == 4                    # remembered: not read for a checksum again
+    # a file that changes (size or modification time) is checked again, and fails
+    changed = tmp_path / "t10k-images-idx3-ubyte"
+    altered = arrays["t10k-images-idx3-ubyte"].copy()
+    altered[0, 0, 0] ^= 1
+    changed.write_bytes(idx_bytes(altered))
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10 ** 9))
+    with pytest.raises(DatasetError, match="does not match the published MNIST checksum"):
+        load_dataset("mnist", data_dir=tmp_path, binarize="none")
+    assert len(digests) == 5
+    torch.testing.assert_close(first.test, torch.tensor(
+        arrays["t10k-images-idx3-ubyte"].reshape(12, -1) / 255.0, dtype=torch.float32))

@@ -99,7 +99,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its "
                         "checkpoint (bit for bit on CPU); only --epochs, --max-seconds, "
-                        "--device, --eval-samples, --figures and --checkpoint-every may change")
+                        "--device, --eval-samples, --figures, --checkpoint-every and --threads may "
+                        "change")
     parser.add_argument("--distributed", action="store_true", help="train with every process "
                         "torchrun starts: torchrun --standalone --nproc_per_node=N -m pyro_vae "
                         "train --distributed ...; --batch-size is the global batch")

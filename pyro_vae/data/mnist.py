@@ -112,11 +112,23 @@ def find_mnist_file(stem: str, data_dir=None) -> Path:
     raise MissingDataError(f"MNIST file {stem}(.gz) not found: {where}. {_HOW_TO_PROVIDE}")
 
 
+#: files whose checksum passed in this process, keyed by (path, size, modification time)
+_VERIFIED: set[tuple[str, int, int]] = set()
+
+
+def _file_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
+
+
 def read_mnist_file(stem: str, data_dir=None, verify: bool = True) -> np.ndarray:
-    """Find, read and (with ``verify``) checksum one of the four MNIST files."""
+    """Find, read and (with ``verify``) checksum one of the four MNIST files. A file is
+    checksummed once per process: its path, size and modification time are remembered, and
+    a changed file is checked again."""
     path = find_mnist_file(stem, data_dir)
+    key = _file_key(path)
     raw = read_file_bytes(path)
-    if verify and stem in MNIST_FILES:
+    if verify and stem in MNIST_FILES and key not in _VERIFIED:
         md5, size = MNIST_FILES[stem]
         digest = hashlib.md5(raw).hexdigest()
         if digest != md5:
@@ -126,6 +138,7 @@ def read_mnist_file(stem: str, data_dir=None, verify: bool = True) -> np.ndarray
                 "corrupted or not the standard MNIST; replace it, or pass verify=False "
                 "(CLI: --data-option verify=false) to read other IDX files such as "
                 "Fashion-MNIST.")
+        _VERIFIED.add(key)
     return parse_idx(raw, repr(str(path)))
 
 
@@ -159,7 +172,9 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarize="dynamic", se
                            f"got {validation_size!r}")
 
     def pixels(images):
-        return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
+        # the same float32 quotients as numpy's astype(float32) / 255, in a third of the time
+        flat = images.reshape(len(images), -1).copy()
+        return torch.from_numpy(flat).to(torch.float32).div_(255.0)
 
     x, y = pixels(train_images), torch.from_numpy(train_labels.astype(np.int64))
     validation = validation_labels = None

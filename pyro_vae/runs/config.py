@@ -234,12 +234,16 @@ add_option("max_seconds", 0.0, "wall-clock training budget in seconds (0: none)"
            check=non_negative, group="training")
 add_option("device", "auto", "cpu, cuda, cuda:N, or auto (cuda when available)",
            check=_check_device, group="training", metavar="DEVICE")
+add_option("threads", 0, "CPU threads torch may use (0: torch's default, one per core); on "
+           "a CPU shared with other work 1 is faster", check=non_negative, group="training")
 add_option("seed", 0, "seed of initialisation, batches and evaluation", group="training")
 add_option("checkpoint_every", 10, "epochs between checkpoints (RUN/checkpoint.pt; one is "
            "also written at the end); pyro-vae train --resume RUN continues from it",
            check=positive, group="training")
-add_option("eval_samples", 5000, "importance samples K per test point for log p(x)",
-           check=positive, group="evaluation")
+add_option("eval_samples", 0, "importance samples K per test point for log p(x); 0: "
+           "automatic, 5000 unless the test set and networks make that more than a few seconds "
+           "(then fewer, at least 10; the summary states K)", check=non_negative,
+           group="evaluation")
 add_option("figures", True, "write the figures", group="evaluation")
 
 

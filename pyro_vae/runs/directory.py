@@ -235,6 +235,23 @@ def open_run(path: str | Path) -> Run:
 
 # ---- the jobs -------------------------------------------------------------------------------
 
+#: multiply-adds, roughly, that a train run's default evaluation may spend: K x N x parameters
+#: (each (particle, datapoint) pair passes the networks once); a few seconds of one CPU core
+EVALUATION_WORK = 2 * 10 ** 11
+#: the bounds of the automatic K: Burda et al.'s 5000 where the work allows, never below 10
+AUTO_EVAL_SAMPLES = (10, 5000)
+
+
+def auto_eval_samples(model, num_points: int) -> int:
+    """The K a train run evaluates with when ``eval_samples = 0``: 5000 unless K x N x
+    (number of parameters) would exceed :data:`EVALUATION_WORK`, then as many as fit, at
+    least 10 (digits: 5000; MNIST's 10k test points with 784-400-50 networks: 29).
+    ``pyro-vae evaluate RUN --num-samples 5000`` gives the tighter bound afterwards."""
+    parameters = sum(p.numel() for p in model.parameters())
+    low, high = AUTO_EVAL_SAMPLES
+    return max(low, min(high, EVALUATION_WORK // max(1, num_points * parameters)))
+
+
 def evaluate_split(model, dataset: Dataset, split: str = "test", num_samples: int = 5000,
                    seed: int = 0, device="cpu") -> dict:
     """:func:`~pyro_vae.evaluate` on one split, as a JSON-ready summary (records K, seed and
@@ -262,7 +279,7 @@ def write_figures(model, dataset: Dataset, history, directory: str | Path, seed:
 
 #: options a resumed run may change (everything else must stay as the run was configured)
 RESUME_OVERRIDABLE = ("epochs", "max_seconds", "device", "eval_samples", "figures",
-                      "checkpoint_every")
+                      "checkpoint_every", "threads")
 
 
 def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
@@ -300,6 +317,8 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     else:
         config = resolve_config(config)
     is_writer = distributed_setup.is_rank_zero()
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
     device = resolve_device(config["device"]) if not distributed else None
     dataset = load_data(config)
     pyro.set_rng_seed(config["seed"])   # the initial weights too are the seed's
@@ -356,8 +375,8 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     run.update_metrics({"run": {"status": "evaluating", "training_seconds": round(
         result.seconds, 2), "processes": result.settings.get("world_size", 1)},
         "training": {**result.settings, **result.final}})
-    test = evaluate_split(model, dataset, "test", config["eval_samples"], config["seed"],
-                          device)
+    num_samples = config["eval_samples"] or auto_eval_samples(model, len(dataset.test))
+    test = evaluate_split(model, dataset, "test", num_samples, config["seed"], device)
     run.update_metrics({"test": test})
     if config["figures"]:
         write_figures(model, dataset, result, path / FIGURES_DIR, config["seed"])
@@ -431,6 +450,10 @@ def summary_table(run: Run) -> str:
                      f"batch {training.get('batch_size')}, lr {training.get('lr')}, beta "
                      f"{training.get('beta')}, {info.get('training_seconds', '?')} s on "
                      f"{info.get('device', '?')}")
+        if "compiled" in training:
+            lines.append("step       " + (
+                f"compiled (jit=auto; {training.get('compile_seconds', 0):.2f} s compiling)"
+                if training["compiled"] else f"eager: {training.get('eager_reason')}"))
     columns = [("train*", {k: training.get(k) for k in ("elbo", "recon", "kl")})]
     if any(k.startswith("val_") for k in training):
         columns.append(("validation*", {k: training.get(f"val_{k}")
