@@ -10,13 +10,16 @@ process, in blocks of calls of about ``--block-seconds`` each (so that on shared
 scheduler's preemptions hit every contender alike); the table holds the medians over the
 blocks of the time per step, after a warm-up, and their ratios to plain.
 
-Contenders: ``plain``; ``pyro-vae`` (the estimator as given, e.g. ``elbo``); ``jit``
-(the same through fit() with the library's compiled estimator, ``elbo:jit=1``: the same
-numbers, see tests/test_fast_paths.py). ``--no-validation`` adds pyro-vae with Pyro's and
-torch's distribution validation off (``pyro.validation_enabled(False)``); ``--pyro-jit``
-adds Pyro's own JitTrace_ELBO / JitTraceMeanField_ELBO (model and guide bound once, as
-they must be), which read parameters from Pyro's global param store and so run here with
-``module_local_params`` switched off (see the README).
+Contenders: ``plain``; ``pyro-vae`` (the estimator as given, e.g. ``elbo``: fit()'s
+default step, compiled where the fit qualifies, which this network does); ``eager`` (the
+same through fit() with ``jit=0``: the same numbers, see tests/test_compiled_default.py);
+``pyro-svi`` (the VAE as Pyro's ``examples/vae/vae.py`` writes it, stepped by
+``SVI(model, guide, pyro.optim.Adam, loss)``, see pyro_example_vae.py). ``--no-validation``
+adds the eager step with Pyro's and torch's distribution validation off
+(``pyro.validation_enabled(False)``); ``--pyro-jit`` adds Pyro's own JitTrace_ELBO /
+JitTraceMeanField_ELBO (model and guide bound once, as they must be), which read parameters
+from Pyro's global param store and so run here with ``module_local_params`` switched off
+(see the README).
 
     python benchmarks/step_overhead.py                   # short: 9 blocks of ~0.2 s per cell
     python benchmarks/step_overhead.py --full            # 25 blocks of ~0.5 s per cell
@@ -35,6 +38,7 @@ import pyro.infer
 import torch
 from _common import add_common_arguments, interleaved_times, median, print_header, setup
 from plain_vae import PlainVAE, plain_estimator
+from pyro_example_vae import PYRO_LOSSES, PyroExampleVAE
 
 import pyro_vae as pv
 from pyro_vae.inference.fitting import KLSchedule, Monitoring, NonFinitePolicy, Optimization
@@ -96,6 +100,22 @@ def plain_step(plain: PlainVAE, x, spec: str, batch_size: int, device, lr: float
     return step
 
 
+def pyro_svi_step(plain: PlainVAE, x, spec: str, batch_size: int, device, lr: float):
+    """Pyro's example: ``svi.step(batch)`` in a cleared global param store; None when the
+    example's losses have no counterpart of the estimator."""
+    name, k = plain_estimator(spec)
+    if name not in PYRO_LOSSES:
+        return None
+    pyro.clear_param_store()
+    vae = PyroExampleVAE(plain)
+    svi = vae.make_svi(name, k, lr)
+    order = BatchOrder(len(x), batch_size, device)
+
+    def step():
+        PyroExampleVAE.svi_step(svi, x[order.next()])
+    return step
+
+
 JIT_ESTIMATORS = {"elbo": pyro.infer.JitTrace_ELBO,
                   "meanfield": pyro.infer.JitTraceMeanField_ELBO}
 
@@ -141,8 +161,10 @@ def main(argv=None) -> None:
     parser.add_argument("--activation", default="tanh", choices=["tanh", "relu"])
     parser.add_argument("--no-validation", action="store_true",
                         help="add pyro-vae with distribution validation off")
-    parser.add_argument("--no-jit", action="store_true",
-                        help="leave out the compiled estimator (spec:jit=1)")
+    parser.add_argument("--no-eager", action="store_true",
+                        help="leave out the eager step (spec:jit=0)")
+    parser.add_argument("--no-pyro-svi", action="store_true",
+                        help="leave out Pyro's example (SVI with pyro.optim.Adam)")
     parser.add_argument("--pyro-jit", action="store_true",
                         help="add Pyro's own JIT estimators (module_local_params off)")
     args = parser.parse_args(argv)
@@ -156,7 +178,8 @@ def main(argv=None) -> None:
           f"{args.warmup} warm-up steps, then {args.rounds} blocks of ~{args.block_seconds} s "
           f"per contender, {args.clock} clock; medians of the time per step")
     print()
-    columns = (["plain", "pyro-vae"] + ([] if args.no_jit else ["jit"])
+    columns = (["plain", "pyro-vae"] + ([] if args.no_eager else ["eager"])
+               + ([] if args.no_pyro_svi else ["pyro-svi"])
                + (["no-valid"] if args.no_validation else [])
                + (["pyro-jit"] if args.pyro_jit else []))
     header = f"{'estimator':<10} {'batch':>5}  " + "  ".join(
@@ -175,14 +198,22 @@ def main(argv=None) -> None:
             model = pv.VAE(args.x_dim, args.z_dim, hidden=hidden, activation=args.activation)
             plain = PlainVAE.from_vae(model, hidden, args.activation).to(device)
             contenders = {"plain": plain_step(plain, x, spec, batch_size, device, lr)}
-            contenders["pyro-vae"], _ = pyro_vae_step(copy.deepcopy(model), x, spec,
-                                                      batch_size, device, lr)
-            if not args.no_jit:
-                jit_spec = spec + (",jit=1" if ":" in spec else ":jit=1")
-                contenders["jit"], _ = pyro_vae_step(copy.deepcopy(model), x, jit_spec,
-                                                     batch_size, device, lr)
+            contenders["pyro-vae"], run = pyro_vae_step(copy.deepcopy(model), x, spec,
+                                                        batch_size, device, lr)
+            if not run.compiled:
+                print(f"  note: the default step of {spec} is eager here: "
+                      f"{run.settings['eager_reason']}")
+            eager_spec = spec + (",jit=0" if ":" in spec else ":jit=0")
+            if not args.no_eager:
+                contenders["eager"], _ = pyro_vae_step(copy.deepcopy(model), x, eager_spec,
+                                                       batch_size, device, lr)
+            if not args.no_pyro_svi:
+                example_plain = PlainVAE.from_vae(model, hidden, args.activation).to(device)
+                step = pyro_svi_step(example_plain, x, spec, batch_size, device, lr)
+                if step is not None:
+                    contenders["pyro-svi"] = step
             if args.no_validation:
-                step_no_validation, _ = pyro_vae_step(copy.deepcopy(model), x, spec,
+                step_no_validation, _ = pyro_vae_step(copy.deepcopy(model), x, eager_spec,
                                                       batch_size, device, lr)
 
                 def unvalidated(step=step_no_validation):
@@ -207,7 +238,9 @@ def main(argv=None) -> None:
             print(f"{spec:<10} {batch_size:>5}  {cells}  {ratios}", flush=True)
     print()
     print("ratio = median step / median plain step (same process, alternating); 1.00x = no "
-          "overhead. jit = the same fit() step with the compiled estimator (spec:jit=1).")
+          "overhead. pyro-vae = fit()'s default step (compiled where the fit qualifies); "
+          "eager = the same with jit=0; pyro-svi = Pyro's examples/vae/vae.py model and guide "
+          "stepped by SVI with pyro.optim.Adam.")
 
 
 if __name__ == "__main__":
