@@ -3,7 +3,9 @@
 A batch is a tuple of positional arguments for ``model(*batch)`` and ``guide(*batch)``:
 ``(x,)`` for a VAE, ``(x, y)`` for a labelled model. Anything with ``__len__``, ``get(index)``
 (returning such a tuple for a LongTensor of row indices), ``to(device)`` and ``device`` is a
-batch source; :mod:`pyro_vae.data` uses that to binarise MNIST afresh for every batch.
+batch source; :mod:`pyro_vae.data` uses that to binarise MNIST afresh for every batch. A
+source whose batches are random draws also offers ``identity()``: a fixed tensor that
+identifies its data (a resumed fit checks it is given the same data).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ class JoinedSource:
     def first(self) -> torch.Tensor:
         return first_tensor(self.sources[0])
 
+    def identity(self) -> torch.Tensor:
+        return identity_tensor(self.sources[0])
+
     @property
     def device(self) -> torch.device:
         return self.sources[0].device
@@ -102,6 +107,14 @@ def first_tensor(source) -> torch.Tensor:
     if hasattr(source, "first"):
         return source.first()
     return source.get(torch.arange(len(source), device=getattr(source, "device", None)))[0]
+
+
+def identity_tensor(source) -> torch.Tensor:
+    """A tensor that identifies a source's data without drawing from it: its ``identity()``
+    where it has one (a dynamically binarised source: its grey levels), else its first
+    tensor."""
+    identity = getattr(source, "identity", None)
+    return identity() if callable(identity) else first_tensor(source)
 
 
 def _chunking(n_total: int, num_samples: int, batch_size: int | None,

@@ -71,3 +71,31 @@ def test_benchmarks_run_unchanged_on_cuda(scripts, capsys):
     run_eval_throughput(scripts[1], "cuda")
     out = capsys.readouterr().out
     assert "device    cuda" in out and "gpu " in out
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "mnist"
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="needs the MNIST files in ../shared")
+def test_mnist_curves_resume_exactly_and_plot(tmp_path, capsys):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import mnist_nll
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    common = ["--data-dir", str(SHARED_MNIST), "--train-points", "200", "--test-points", "10",
+              "--eval-samples", "5", "--burda-schedule", "--estimators", "elbo"]
+    mnist_nll.main([*common, "--curve", str(tmp_path / "a"), "--eval-epochs", "1"])
+    mnist_nll.main([*common, "--curve", str(tmp_path / "a"), "--eval-epochs", "1", "2"])
+    mnist_nll.main([*common, "--curve", str(tmp_path / "b"), "--eval-epochs", "2"])
+    resumed = mnist_nll.read_curve(tmp_path / "a" / "curve.csv")
+    whole = mnist_nll.read_curve(tmp_path / "b" / "curve.csv")
+    assert [(r["implementation"], r["epoch"]) for r in resumed] == [
+        ("pyro-vae", "1"), ("plain", "1"), ("pyro-vae", "2"), ("plain", "2")]
+    assert [r["test_nll"] for r in resumed[2:]] == [r["test_nll"] for r in whole]
+    with pytest.raises(SystemExit, match="K=5; this command asks for 10 and K=7"):
+        mnist_nll.main([*common[:-7], "--test-points", "10", "--eval-samples", "7",
+                        "--estimators", "elbo", "--curve", str(tmp_path / "a")])
+    figure = tmp_path / "curve.png"
+    mnist_nll.main(["--curve", str(tmp_path / "a"), "--plot", "--figure", str(figure)])
+    assert figure.stat().st_size > 1000

@@ -254,3 +254,29 @@ def test_resume_on_cuda_restores_the_cuda_random_state(binary_digits):
     pv.fit(resumed, x, resume=states[-1], **settings)
     for p, q in zip(resumed.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(p, q)   # CUDA kernels need not be bit-reproducible
+
+
+def test_a_dynamically_binarised_fit_resumes_on_its_grey_levels(tmp_path):
+    """The data check of a resumed fit looks at the grey levels, not at a fresh draw (a draw
+    differs with the random state, and the resume was refused)."""
+    grey = pv.load_dataset("digits").train[:96]
+    source = pv.data.DynamicBinarization(grey)
+
+    def run(epochs, **checkpoint_options):
+        torch.manual_seed(0)
+        model = pv.VAE(64, 2, hidden=(8,))
+        result = pv.fit(model, source, epochs=epochs, batch_size=32, quiet=True,
+                        checkpoints=pv.CheckpointFiles(tmp_path / "run", **checkpoint_options))
+        return model, result
+
+    run(1)
+    resumed_model, resumed = run(3, resume=True)
+    (tmp_path / "run" / "checkpoint.pt").unlink()
+    whole_model, whole = run(3)
+    assert resumed.column("loss") == whole.column("loss")
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[key], value), key
+    other = pv.data.DynamicBinarization(grey.flip(0))
+    with pytest.raises(pv.CheckpointError, match="training data differ"):
+        pv.fit(pv.VAE(64, 2, hidden=(8,)), other, epochs=4, batch_size=32, quiet=True,
+               checkpoints=pv.CheckpointFiles(tmp_path / "run", resume=True))

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 import pyro
 import torch
 
-from pyro_vae.inference.batching import first_tensor
+from pyro_vae.inference.batching import identity_tensor
 from pyro_vae.inference.estimators import parse_estimator
 from pyro_vae.inference.fitting.data_parallel import particle_seed
 from pyro_vae.inference.fitting.nonfinite import non_finite_entries
@@ -82,7 +82,7 @@ def check_plain(obj, where: str = "state") -> None:
 def _data_fingerprint(source) -> dict:
     """Shape and an order-sensitive checksum of the training data (to refuse resuming a fit
     on other data): sum_n w_n sum_d x_nd with weights w_n rising linearly from 1 to 2."""
-    x = first_tensor(source)
+    x = identity_tensor(source)   # not a draw: a dynamically binarised source's grey levels
     rows = x.reshape(len(x), -1).sum(1, dtype=torch.float64)
     weights = torch.linspace(1.0, 2.0, len(rows), dtype=torch.float64, device=rows.device)
     return {"shape": list(x.shape), "checksum": float((rows * weights).sum())}

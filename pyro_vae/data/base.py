@@ -61,6 +61,11 @@ class DynamicBinarization:
         """One draw of every row (what input checks look at)."""
         return torch.bernoulli(self.probs)
 
+    def identity(self) -> torch.Tensor:
+        """The grey levels: what identifies the data (see
+        :func:`~pyro_vae.inference.batching.identity_tensor`)."""
+        return self.probs
+
     def to(self, device=None, dtype=None) -> DynamicBinarization:
         return DynamicBinarization(self.probs.to(device=device, dtype=dtype))
 
