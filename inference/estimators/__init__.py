@@ -26,9 +26,10 @@ The ``elbo``, ``meanfield``, ``iwae`` and ``renyi`` estimators also offer
 ``device_loss_and_grads``: the same gradients and the same loss as ``loss_and_grads``, bit for
 bit, but the loss is returned as a float64 tensor on the data's device instead of being read to
 the host site by site, so a training loop can keep running sums without waiting for the device.
-The option ``jit=1`` (e.g. ``elbo:jit=1``) compiles the objective once per batch shape
-(:mod:`.compiled`): the same numbers without Pyro's per-step Python, for models whose structure
-is static.
+Their ``jit`` option decides whether :func:`pyro_vae.fit` compiles the objective once per batch
+shape (:mod:`.compiled`: the same numbers without Pyro's per-step Python): ``auto`` (default)
+when the fit qualifies (a static model, reparameterised sites, one process), ``1`` always
+(an error where impossible), ``0`` never.
 """
 
 from pyro_vae.inference.estimators.registry import (  # noqa: I001 - registry first

@@ -215,7 +215,10 @@ def fit(model, data, *, estimator="elbo", epochs: int = 10, batch_size: int | No
     ``'meanfield'``, ``'iwae:k=5'``, ``'renyi:alpha=0.5,k=5'``, ...; see
     :mod:`pyro_vae.inference.estimators`) or a Pyro ELBO. Minibatches are scaled by N/B so the
     loss estimates the full-data objective (for a model whose ``model`` takes ``num_data``);
-    reported losses are per datapoint, in nats.
+    reported losses are per datapoint, in nats. The step is compiled (the eager step's
+    numbers, less of Pyro's per-step Python) whenever the fit qualifies, and eager otherwise,
+    with the reason logged and kept in ``result.settings["eager_reason"]``
+    (:mod:`pyro_vae.inference.estimators.compiled`; ``'elbo:jit=0'`` forces eager).
 
     The grouped options (:mod:`pyro_vae.inference.fitting.options`):
 
