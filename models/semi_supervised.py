@@ -16,12 +16,16 @@ point mass on its label, so its term of the ELBO is exactly Kingma et al.'s
 and for an unlabelled point it is U(x) = sum_y q(y|x) L(x, y) + H(q(y|x)) (exactly, under
 enumeration). Every datapoint shares one ``"data"`` plate, so minibatches may mix both.
 
-Auxiliary classification term (Kingma et al.'s J^alpha): while the module is in training
-mode, ``alpha * N * (mean over the batch's labelled points of log q(y_n | x_n))`` is added
-to the objective (N: the training-set size, ``num_data``), so ``alpha = 0.1`` is the
-paper's choice alpha = 0.1 N. It is a training term only: in evaluation mode
-(``model.eval()``, which :func:`~pyro_vae.inference.evaluate` sets) it is absent and every
-reported number is the ELBO or log-likelihood of the generative model.
+Auxiliary classification term (Kingma et al.'s J^alpha = J + alpha_K E_labelled[-log q(y|x)]
+with alpha_K = alpha N): while the module is in training mode, every labelled point adds
+``w * log q(y_n | x_n)`` inside the ``"data"`` plate, w = alpha N / n_l (N: the training-set
+size, ``num_data``; n_l: the number of labelled training points, ``num_labelled``), or
+w = ``aux_weight`` when given. Pyro's ``examples/vae/ss_vae_M2.py`` calls w its
+``aux_loss_multiplier`` (46 there, with n_l = 100 of N = 50,000: alpha = 0.092). The plate
+scales a minibatch by N/B, so the term is an unbiased estimate of alpha_K times the mean over
+the labelled points, whichever batches they fall in. It is a training term only: in
+evaluation mode (``model.eval()``, which :func:`~pyro_vae.inference.evaluate` sets) it is
+absent and every reported number is the ELBO or log-likelihood of the generative model.
 """
 
 from __future__ import annotations
@@ -50,8 +54,10 @@ from pyro_vae.models.vae import check_data_matrix, data_plate
 class SemiSupervisedVAE(ClassSiteModel, PyroModule):
     """M2: p(y) p(z) p(x | y, z) with classifier q(y | x) and q(z | x, y).
 
-    ``alpha`` weighs the auxiliary classification term (see the module docstring; 0 turns
-    it off). ``likelihood`` and ``guide`` (q(z | x, y)) are registered names or modules.
+    ``alpha`` (with ``num_labelled``, the number of labelled training points) or
+    ``aux_weight`` (the weight per labelled point, Pyro's ``aux_loss_multiplier``) weighs the
+    auxiliary classification term (see the module docstring; 0 turns it off).
+    ``likelihood`` and ``guide`` (q(z | x, y)) are registered names or modules.
     The model's code (for figures) is [z, onehot(y)], of size ``z_dim + num_classes``.
     """
 
@@ -62,6 +68,7 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
     def __init__(self, x_dim: int, num_classes: int = 10, z_dim: int = 8, *,
                  likelihood="bernoulli", guide="diagonal", hidden: Sequence[int] = (256, 256),
                  activation: str = "relu", alpha: float = 0.1,
+                 num_labelled: int | None = None, aux_weight: float | None = None,
                  likelihood_options: dict | None = None, guide_options: dict | None = None,
                  baseline_hidden: Sequence[int] = (64,)):
         super().__init__()
@@ -72,6 +79,14 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
             raise ValueError(f"alpha (the weight of the auxiliary classification term) must be "
                              f">= 0; got {alpha!r}. Kingma et al. use alpha=0.1; 0 turns it off.")
         self.alpha = float(alpha)
+        if num_labelled is not None:
+            num_labelled = check_positive_int(num_labelled, "num_labelled")
+        if aux_weight is not None and not (isinstance(aux_weight, (int, float))
+                                           and aux_weight >= 0):
+            raise ValueError(f"aux_weight (the weight of each labelled point's log q(y|x)) "
+                             f"must be >= 0; got {aux_weight!r}. Pyro's ss_vae_M2 uses 46.")
+        self.num_labelled = num_labelled
+        self.aux_weight = None if aux_weight is None else float(aux_weight)
         hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
         self.classifier = MLP(x_dim, hidden, num_classes, activation)
         encoder = MLPEncoder(x_dim + num_classes, hidden, activation)
@@ -85,7 +100,8 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
         self.config = None if not named else {
             "class": "SemiSupervisedVAE", "x_dim": x_dim, "num_classes": num_classes,
             "z_dim": z_dim, "likelihood": likelihood, "guide": guide, "hidden": list(hidden),
-            "activation": activation, "alpha": self.alpha,
+            "activation": activation, "alpha": self.alpha, "num_labelled": num_labelled,
+            "aux_weight": self.aux_weight,
             "likelihood_options": dict(likelihood_options or {}),
             "guide_options": dict(guide_options or {}),
             "baseline_hidden": list(baseline_hidden)}
@@ -100,12 +116,12 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim),
                                              x.new_ones(self.z_dim)).to_event(1))
             self.likelihood(self.decoder(concat_broadcast(z, y)), x)
-            if self.training and self.alpha > 0 and labels is not None:
+            if self.training and labels is not None:
                 labelled = labels >= 0
-                if bool(labelled.any()):
+                weight = self.labelled_weight(len(x) if num_data is None else num_data)
+                if weight > 0 and bool(labelled.any()):
                     log_q = torch.log_softmax(self.classifier(x), -1).gather(
                         -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-                    weight = self.alpha * len(x) / int(labelled.sum())
                     pyro.factor("classification", weight * log_q * labelled.to(x.dtype))
 
     @pyro_method
@@ -116,6 +132,21 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
             logits = pin_to_labels(self.classifier(x), labels)
             y = pyro.sample("y", dist.OneHotCategorical(logits=logits))
             self.guide_family(concat_broadcast(x, y))
+
+    def labelled_weight(self, num_data: int) -> float:
+        """w, the weight of each labelled point's log q(y | x) in the training objective:
+        ``aux_weight``, or alpha N / n_l."""
+        if self.aux_weight is not None:
+            return self.aux_weight
+        if self.alpha == 0:
+            return 0.0
+        if self.num_labelled is None:
+            raise ValueError(
+                "the auxiliary term alpha * N * mean log q(y|x) over the labelled points needs "
+                "their number: build SemiSupervisedVAE(..., num_labelled=n) with n the number "
+                "of labelled training points, or give the weight per labelled point as "
+                "aux_weight=... (Pyro's aux_loss_multiplier), or alpha=0 to train without it")
+        return self.alpha * num_data / self.num_labelled
 
     # ---- checks, groups and conveniences --------------------------------------------------
     def check_data(self, x: torch.Tensor, what: str = "data") -> None:

@@ -115,3 +115,29 @@ def test_vae_defaults_are_unchanged():
         "vae", "elbo", "auto", "none")
     dataset = load_data(config)
     assert type(build_model(config, dataset)) is pv.VAE
+
+
+def test_m2_history_tracks_accuracy_and_keeps_the_best_validation_model(tmp_path):
+    out = tmp_path / "m2"
+    assert main(["train", *FAST, "--epochs", "3", "--model", "m2", "--labels", "30",
+                 "--discrete", "enum", "--alpha", "0.2", "--no-figures", "--out",
+                 str(out)]) == 0
+    run = pv.open_run(out)
+    rows = run.history()
+    assert [row["epoch"] for row in rows] == [1, 2, 3]
+    for row in rows:
+        assert 0 <= row["val_accuracy"] <= 1 and 0 <= row["test_accuracy"] <= 1
+    for i, row in enumerate(rows):   # the first epoch of the best accuracy so far
+        assert row["best_epoch"] == max(rows[:i + 1], key=lambda r: r["val_accuracy"])["epoch"]
+    best = max(rows, key=lambda row: row["val_accuracy"])
+    assert run.metrics["best_validation"] == {
+        "epoch": best["epoch"], "validation_accuracy": best["val_accuracy"],
+        "test_accuracy": best["test_accuracy"], "model": "best_model.pt"}
+    kept = pv.load_model(out / "best_model.pt")
+    dataset = load_data(run.config)
+    accuracy = (kept.classify(dataset.validation) == dataset.validation_labels).float().mean()
+    assert accuracy.item() == pytest.approx(best["val_accuracy"])
+    # the weight per labelled point: alpha N / labels (N = the training points)
+    model = pv.load_model(out / "model.pt")
+    assert model.labelled_weight(len(dataset.train)) == pytest.approx(
+        0.2 * len(dataset.train) / 30)

@@ -185,7 +185,8 @@ def test_discrete_models_are_device_clean_in_float64(spec, binary_digits):
     x = binary_digits.train[:40].double()
     labels = torch.where(torch.arange(40) < 10, binary_digits.train_labels[:40], -1)
     for model, data in ((GaussianMixtureVAE(64, 3, z_dim=2, hidden=[8]), x),
-                        (SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8]), (x, labels)),
+                        (SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8], num_labelled=10),
+                         (x, labels)),
                         (CategoricalVAE(64, num_latents=2, num_classes=3, hidden=[8]), x)):
         model = model.double()
         fit(model, data, estimator=spec, epochs=1, batch_size=20, quiet=True, monitor_size=8)
@@ -199,7 +200,7 @@ def test_discrete_models_are_device_clean_in_float64(spec, binary_digits):
 def test_discrete_estimators_on_cuda(spec, binary_digits):
     x = binary_digits.train[:64]
     labels = torch.where(torch.arange(64) < 10, binary_digits.train_labels[:64], -1)
-    model = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[16])
+    model = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[16], num_labelled=10)
     fit(model, (x, labels), estimator=spec, epochs=1, batch_size=32, quiet=True,
         device="cuda")
     result = evaluate(model, x.cuda(), num_samples=16,

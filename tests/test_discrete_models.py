@@ -56,7 +56,8 @@ def test_m2_with_few_labels_beats_a_classifier_trained_on_them_alone(binary_digi
     alone_accuracy = (alone(data.test).argmax(-1) == data.test_labels).float().mean().item()
 
     pyro.set_rng_seed(0)
-    m2 = SemiSupervisedVAE(64, 10, z_dim=8, hidden=[128], alpha=1.0)
+    m2 = SemiSupervisedVAE(64, 10, z_dim=8, hidden=[128], alpha=1.0,
+                           num_labelled=int(labelled.sum()))
     fit(m2, (data.train, labels), estimator="enum", epochs=20, batch_size=64, lr=1e-2,
         seed=0, quiet=True, monitor_size=100)
     result = pv.evaluate(m2, data.test, num_samples=20, elbo_particles=2,
@@ -125,7 +126,7 @@ def test_m2_labelled_elbo_is_kingmas_l_of_x_and_y():
 def test_m2_auxiliary_term_is_a_training_term_only(binary_digits):
     x = binary_digits.train[:20]
     labels = torch.where(torch.arange(20) < 8, binary_digits.train_labels[:20], -1)
-    model = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8], alpha=0.5)
+    model = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8], alpha=0.5, num_labelled=8)
     assert "classification" in pyro.poutine.trace(model.model).get_trace(x, labels).nodes
     model.eval()
     assert "classification" not in pyro.poutine.trace(model.model).get_trace(x, labels).nodes
@@ -223,3 +224,29 @@ def test_compare_accepts_the_discrete_estimators_and_reports_accuracy(binary_dig
     with pytest.raises(ValueError, match="one label per test point"):
         compare(lambda seed: GaussianMixtureVAE(64, 3, z_dim=2, hidden=[8]), data.train[:50],
                 data.test[:10], ["enum"], seeds=[0], epochs=1, test_labels=data.test_labels)
+
+
+def test_m2_auxiliary_weight_per_labelled_point_is_unbiased(binary_digits):
+    """w = alpha N / n_l per labelled point inside the data plate (scale N/B): a batch's term
+    is (N/B) w sum_batch log q, whose mean over the batches of an epoch is alpha N times the
+    mean of log q over the labelled points, as in Kingma et al.'s J^alpha."""
+    n, n_labelled, batch = 40, 8, 10
+    x = binary_digits.train[:n]
+    labels = torch.where(torch.arange(n) % 5 == 0, binary_digits.train_labels[:n], -1)
+    model = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8], alpha=0.3, num_labelled=n_labelled)
+    assert model.labelled_weight(n) == pytest.approx(0.3 * n / n_labelled)
+    log_q = torch.log_softmax(model.classifier(x), -1).gather(
+        -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)[labels >= 0]
+    terms = []
+    for start in range(0, n, batch):
+        rows = slice(start, start + batch)
+        trace = pyro.poutine.trace(model.model).get_trace(x[rows], labels[rows], num_data=n)
+        trace.compute_log_prob()
+        terms.append(trace.nodes["classification"]["log_prob_sum"])
+    epoch_mean = torch.stack(terms).mean()
+    assert epoch_mean.item() == pytest.approx(0.3 * n * log_q.mean().item(), rel=1e-5)
+    # Pyro's units: the weight per labelled point is aux_weight, whatever N and n_l
+    pyros = SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8], aux_weight=46.0)
+    assert pyros.labelled_weight(50000) == 46.0
+    with pytest.raises(ValueError, match="num_labelled"):
+        SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8]).model(x[:10], labels[:10], num_data=n)

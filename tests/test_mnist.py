@@ -164,3 +164,15 @@ def test_each_file_is_checksummed_once_until_it_changes(tmp_path, monkeypatch):
     assert len(digests) == 5
     torch.testing.assert_close(first.test, torch.tensor(
         arrays["t10k-images-idx3-ubyte"].reshape(12, -1) / 255.0, dtype=torch.float32))
+
+
+def test_validation_split_last_holds_out_the_end_of_the_training_file(tmp_path):
+    arrays = write_mnist(tmp_path)
+    last = load_dataset("mnist", data_dir=tmp_path, verify=False, binarize="none",
+                        validation_size=10, validation_split="last")
+    images = arrays["train-images-idx3-ubyte"].reshape(30, -1) / 255.0
+    torch.testing.assert_close(last.validation, torch.tensor(images[-10:], dtype=torch.float32))
+    torch.testing.assert_close(last.train, torch.tensor(images[:-10], dtype=torch.float32))
+    assert last.validation_labels.tolist() == arrays["train-labels-idx1-ubyte"][-10:].tolist()
+    with pytest.raises(DatasetError, match="validation_split must be one of"):
+        load_dataset("mnist", data_dir=tmp_path, verify=False, validation_split="first")

@@ -152,12 +152,18 @@ def _images_and_labels(prefix: str, data_dir, verify: bool) -> tuple[np.ndarray,
     return images, labels
 
 
+VALIDATION_SPLITS = ("random", "last")
+
+
 def load_mnist(data_dir: str | os.PathLike | None = None, binarize="dynamic", seed: int = 0,
-               validation_size: int = 0, verify: bool = True) -> Dataset:
+               validation_size: int = 0, verify: bool = True,
+               validation_split: str = "random") -> Dataset:
     """MNIST: 60,000 training and 10,000 test images of 28x28 pixels scaled to [0, 1].
 
-    ``validation_size`` images are held out of the training set (the last ones of a
-    permutation seeded by ``seed``); 0 keeps the standard 60k/10k split with no validation.
+    ``validation_size`` images are held out of the training set: with
+    ``validation_split='random'`` the last ones of a permutation seeded by ``seed``, with
+    ``'last'`` the last images of the training file in their order (as Pyro's examples hold
+    out 10,000); 0 keeps the standard 60k/10k split with no validation.
     ``binarize``: 'dynamic' (default; a fresh Bernoulli draw each time a training batch is
     taken, as in Burda et al. 2015; validation and test are one fixed draw seeded by
     ``seed``), 'static' (one fixed draw of every split), 'threshold' or 'none'.
@@ -178,8 +184,12 @@ def load_mnist(data_dir: str | os.PathLike | None = None, binarize="dynamic", se
 
     x, y = pixels(train_images), torch.from_numpy(train_labels.astype(np.int64))
     validation = validation_labels = None
+    if validation_split not in VALIDATION_SPLITS:
+        raise DatasetError(f"validation_split must be one of {list(VALIDATION_SPLITS)}; got "
+                           f"{validation_split!r}")
     if validation_size:
-        order = torch.from_numpy(np.random.default_rng(seed).permutation(len(x)))
+        order = (torch.arange(len(x)) if validation_split == "last" else
+                 torch.from_numpy(np.random.default_rng(seed).permutation(len(x))))
         keep, held = order[:-validation_size], order[-validation_size:]
         x, validation, validation_labels, y = x[keep], x[held], y[held], y[keep]
     splits = binarize_splits({"train": x, "validation": validation, "test": pixels(test_images)},

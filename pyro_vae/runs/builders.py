@@ -119,6 +119,8 @@ def build_m2(config: Mapping, dataset: Dataset) -> SemiSupervisedVAE:
                   z_dim=config["z_dim"], likelihood=_likelihood(config, dataset),
                   guide=config["guide"], hidden=config["hidden"],
                   activation=config["activation"], alpha=config["alpha"],
+                  num_labelled=max(1, min(config["labels"], len(dataset.train))),
+                  aux_weight=config["aux_weight"] or None,
                   likelihood_options=config["likelihood_options"],
                   guide_options=config["guide_options"])
 

@@ -206,8 +206,12 @@ add_option("num_latents", 20, "categorical: number of categorical latent variabl
            check=positive, group="model")
 add_option("labels", 100, "m2: labelled training points (balanced over classes; the others "
            "unlabelled)", check=non_negative, group="model")
-add_option("alpha", 0.1, "m2: weight of the auxiliary classification term (Kingma et al.'s "
-           "alpha as a multiple of N)", check=_both(non_negative, _finite), group="model")
+add_option("alpha", 0.1, "m2: weight of the auxiliary classification term, Kingma et al.'s "
+           "alpha as a multiple of N: each labelled point's log q(y|x) weighs alpha N / labels",
+           check=_both(non_negative, _finite), group="model")
+add_option("aux_weight", 0.0, "m2: the weight of each labelled point's log q(y|x) directly "
+           "(Pyro's ss_vae_M2 --aux-loss-multiplier, 46 there); 0: from --alpha",
+           check=_both(non_negative, _finite), group="model")
 add_option("hidden", [256], "hidden layer widths, e.g. 512,256", kind="int_list",
            check=_check_hidden, group="model")
 add_option("activation", "relu", "activation function", choices=_activation_names,

@@ -45,6 +45,7 @@ from pyro_vae.runs.builders import (
     training_data,
     training_estimator,
 )
+from pyro_vae.runs.class_tracking import ClassAccuracyTracker
 from pyro_vae.runs.config import read_config_file, resolve_config, to_toml
 from pyro_vae.runs.errors import ConfigError, RunDirectoryError
 
@@ -349,6 +350,11 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
         records.append(record)
         write_history(path / HISTORY_FILE, records)
 
+    callbacks = [record_epoch]
+    tracker = None
+    if ClassAccuracyTracker.applies(model, dataset):
+        tracker = ClassAccuracyTracker(model, dataset, path, saves=is_writer)
+        callbacks.insert(0, tracker)   # its columns reach history.csv
     try:
         result = fit(
             model, train_data, estimator=estimator, epochs=config["epochs"],
@@ -357,7 +363,7 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
             seed=config["seed"], device=config["device"] if distributed else device,
             beta=KLSchedule(config["beta"], warmup_epochs=config["beta_warmup_epochs"]),
             max_seconds=config["max_seconds"] or None, validation_data=dataset.validation,
-            quiet=quiet, monitor=Monitoring(callbacks=[record_epoch]),
+            quiet=quiet, monitor=Monitoring(callbacks=callbacks),
             checkpoints=CheckpointFiles(path, every=config["checkpoint_every"],
                                         resume=resume is not None),
             distributed=distributed)
@@ -378,6 +384,9 @@ def train_run(config: Mapping | None = None, out: str | Path | None = None, *,
     num_samples = config["eval_samples"] or auto_eval_samples(model, len(dataset.test))
     test = evaluate_split(model, dataset, "test", num_samples, config["seed"], device)
     run.update_metrics({"test": test})
+    best = None if tracker is None else tracker.best(result.history)
+    if best is not None:
+        run.update_metrics({"best_validation": best})
     if config["figures"]:
         write_figures(model, dataset, result, path / FIGURES_DIR, config["seed"])
     run.update_metrics({"run": {"status": "complete", "finished": now()}})
