@@ -232,3 +232,19 @@ def test_a_distributed_fit_steps_eagerly_unless_asked():
                                                  distributed=True)
     assert compilation_obstacle(make_estimator("elbo:jit=1"), build(), batch, {},
                                 distributed=True) is None
+
+
+def test_a_model_method_replaced_on_the_instance_steps_eagerly():
+    model = build()
+    calls = []
+    original = model.model
+
+    def recording(x, num_data=None):
+        calls.append(len(x))
+        return original(x, num_data=num_data)
+
+    model.model = recording
+    result = pv.fit(model, data_for("bernoulli"), **FIT)
+    assert not result.settings["compiled"]
+    assert "model.model is not a method of VAE" in result.settings["eager_reason"]
+    assert calls.count(16) == 6   # every step ran the Python function (3 batches of 16 a pass)

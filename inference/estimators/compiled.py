@@ -205,6 +205,10 @@ def _structure_obstacle(model) -> str | None:
     if not isinstance(model, torch.nn.Module):
         return (f"the model is a {type(model).__name__}, not a torch module, and does not "
                 "declare static_structure = True")
+    for role in ("model", "guide"):
+        if getattr(getattr(model, role, None), "__self__", None) is not model:
+            return (f"model.{role} is not a method of {type(model).__name__} (a function set "
+                    "on the instance, which could do anything on each call)")
     for name, module in model.named_modules():
         declared = getattr(module, "static_structure", None)
         cls = type(module)
