@@ -29,6 +29,7 @@ from pyro_vae.inference.log_densities import (
     _rng_untouched,
     guess_max_plate_nesting,
     is_point_mass,
+    site_log_prob,
 )
 
 # ---- discrete latent sites: summed exactly by enumeration ------------------------------------
@@ -206,7 +207,7 @@ def enumerated_terms(model, batch: tuple, num_particles: int,
              "log_guide_sampled": zero}
 
     def log_prob(site) -> torch.Tensor:
-        value = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+        value = scale_and_mask(site_log_prob(site), mask=site["mask"])
         return _canonical(site, value, nesting, total)
 
     positions = {}

@@ -9,7 +9,8 @@ Everything is per datapoint and in nats. The estimators work for any object with
   log w_kn = log p(x_n, z_kn) - log q(z_kn | x_n), shape (K, N);
 * log p(x_n) ~= log (1/K) sum_k w_kn (Burda et al. 2015), a stochastic lower bound that
   tightens as K grows, accumulated chunk by chunk with ``logaddexp`` so memory is bounded
-  by ``particle_budget`` rows, not by K or N;
+  by the chunk (``particle_budget`` pairs, sized from the data and device by default), not
+  by K or N;
 * ELBO_n = E_q[log p(x_n|z)] - KL_n, KL_n = E_q[log q(z|x_n) - log p(z)];
 * active units (Burda et al.): A_u = Cov_n(E_q[z_u | x_n]) > 0.01.
 
@@ -49,7 +50,13 @@ import pyro.distributions as dist
 import torch
 from pyro import poutine
 
-from pyro_vae.inference.batching import _chunking, as_source, first_tensor, ordered_batches
+from pyro_vae.inference.batching import (
+    _chunking,
+    as_source,
+    automatic_particle_budget,
+    first_tensor,
+    ordered_batches,
+)
 from pyro_vae.inference.enumeration import (
     MAX_ENUMERATION,
     _canonical,
@@ -61,6 +68,7 @@ from pyro_vae.inference.enumeration import (
 )
 from pyro_vae.inference.log_densities import (
     PointMassGuideError,
+    _rng_untouched,
     guess_max_plate_nesting,
     is_point_mass,
     log_density_terms,
@@ -94,10 +102,19 @@ def _refuse_point_mass_guide(model, source) -> None:
             "guide with a density (e.g. guide='diagonal').")
 
 
+def _validate_one_draw_each(model, source, datapoints: int, nesting: int,
+                            enumerate_discrete: bool) -> None:
+    """Pyro's validation on one guide draw per datapoint, ``datapoints`` at a time: the data's
+    support and every parameter the guide gives a datapoint, with the random state untouched."""
+    with _rng_untouched():
+        for batch in ordered_batches(source, datapoints):
+            _importance_chunk(model, batch, 1, nesting, enumerate_discrete)
+
+
 @restores_random_state
 @torch.no_grad()
 def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | None = None,
-                   particle_budget: int = 2 ** 15, max_plate_nesting: int | None = None,
+                   particle_budget: int | None = None, max_plate_nesting: int | None = None,
                    seed: int | None = None, max_enumeration: int = MAX_ENUMERATION
                    ) -> torch.Tensor:
     """Importance-sampled log p(x_n) for every datapoint, shape (N,), in nats.
@@ -106,27 +123,51 @@ def log_likelihood(model, data, num_samples: int = 5000, *, batch_size: int | No
     Discrete latent sites are summed out exactly inside every weight when their joint
     configurations number at most ``max_enumeration`` (see :class:`EnumeratedTerms`), and
     drawn from the guide like any latent otherwise. Work proceeds in chunks of at most
-    ``particle_budget`` (particle, datapoint, configuration) triples. A ``seed`` fixes the
-    draws without touching the caller's random streams (:mod:`.random_state`).
+    ``particle_budget`` (particle, datapoint, configuration) triples; by default (None) the
+    chunk is sized from the data's row size and device (:func:`automatic_particle_budget`: on
+    a CPU about 5350 pairs at 784 features, whose temporaries stay in cache), so memory follows
+    the chunk, never N or K. A ``seed`` fixes the draws without touching the caller's random
+    streams (:mod:`.random_state`).
+
+    With Pyro's validation on (its default), one validated draw per datapoint checks the data
+    and the guide's parameters first; the estimate's chunks then skip Pyro's per-particle
+    checks, and a datapoint whose estimate comes out NaN has its draws rerun validated, so
+    that Pyro's own error names the offending site.
     """
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive integer; got {num_samples!r}")
+    if particle_budget is not None:
+        check_positive_int(particle_budget, "particle_budget")
     source = as_source(data)
     if seed is not None:
         pyro.set_rng_seed(seed)
     _refuse_point_mass_guide(model, source)
     plan = _plan(model, source, max_enumeration)
-    batch_size, chunk = _chunking(len(source), num_samples, batch_size,
-                                  _particle_budget(plan, particle_budget))
-    out = []
-    for batch in ordered_batches(source, batch_size):
+    first = next(ordered_batches(source, 2))
+    if max_plate_nesting is None:
+        with _rng_untouched():
+            max_plate_nesting = guess_max_plate_nesting(model, first)
+    budget = _particle_budget(plan, particle_budget or automatic_particle_budget(first))
+    batch_size, chunk = _chunking(len(source), num_samples, batch_size, budget)
+
+    def estimate(batch) -> torch.Tensor:
         running = None
         for start in range(0, num_samples, chunk):
             k = min(chunk, num_samples - start)
             lse = torch.logsumexp(_importance_chunk(model, batch, k, max_plate_nesting,
                                                     plan.enumerate), 0)
             running = lse if running is None else torch.logaddexp(running, lse)
-        out.append(running - math.log(num_samples))
+        return running - math.log(num_samples)
+
+    validating = dist.is_validation_enabled()
+    if validating:
+        _validate_one_draw_each(model, source, budget, max_plate_nesting, plan.enumerate)
+    out = []
+    for batch in ordered_batches(source, batch_size):
+        with pyro.validation_enabled(False):
+            out.append(estimate(batch))
+        if validating and bool(out[-1].isnan().any()):
+            estimate(batch)   # validated this time: raises Pyro's error if a site is invalid
     return torch.cat(out)
 
 
@@ -330,7 +371,7 @@ class EvaluationResult:
 
 @restores_random_state
 def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
-             batch_size: int | None = None, particle_budget: int = 2 ** 15,
+             batch_size: int | None = None, particle_budget: int | None = None,
              latent_site: str = "z", seed: int | None = 0, check: bool = True,
              labels: torch.Tensor | None = None, discrete_site: str = "y",
              max_enumeration: int = MAX_ENUMERATION) -> EvaluationResult:
@@ -340,12 +381,15 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
 
     Discrete latent sites are summed out exactly in log p(x), the ELBO and its terms, and
     in E_q[z|x], whenever their joint configurations number at most ``max_enumeration``.
+    ``particle_budget`` bounds the (particle, datapoint) pairs of one chunk of log p(x);
+    None sizes it from the data and device (see :func:`log_likelihood`).
     ``labels`` (one integer per datapoint) add the accuracy of argmax q(y|x) at the guide's
     site ``discrete_site`` (see :class:`EvaluationResult`). ``seed`` fixes the draws and
     leaves the caller's random streams where they were (:mod:`.random_state`).
     """
     check_positive_int(elbo_particles, "elbo_particles")
-    check_positive_int(particle_budget, "particle_budget")
+    if particle_budget is not None:
+        check_positive_int(particle_budget, "particle_budget")
     check_positive_int(max_enumeration, "max_enumeration")
     if batch_size is not None:
         check_positive_int(batch_size, "batch_size")

@@ -19,6 +19,8 @@ from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.util import prune_subsample_sites
 
+from pyro_vae.models.likelihoods import bernoulli_log_density, normal_log_density
+
 DATA_PLATE = "data"
 
 
@@ -40,6 +42,38 @@ def unwrap_distribution(fn):
 def is_point_mass(fn) -> bool:
     """Whether a distribution is a (possibly expanded or reinterpreted) ``Delta``."""
     return isinstance(unwrap_distribution(fn), dist.Delta)
+
+
+def _has_stock_log_prob(fn, family: type) -> bool:
+    return isinstance(fn, family) and type(fn).log_prob is family.log_prob
+
+
+#: event densities summed in fewer passes than the distributions' own ``log_prob``, with the
+#: same numbers to float rounding: base family of ``Independent(family(...), 1)`` -> density
+_EVENT_DENSITIES = {
+    torch.distributions.Bernoulli: lambda base, value: bernoulli_log_density(base.logits, value),
+    torch.distributions.Normal: lambda base, value: normal_log_density(value, base.loc,
+                                                                       base.scale),
+}
+
+
+def site_log_prob(site) -> torch.Tensor:
+    """log p(value) of a traced site, unscaled and unmasked: ``fn.log_prob(value)``, except that
+    a vector of independent Bernoulli(logits) or Normal values (``.to_event(1)``: the usual
+    likelihoods, guides and priors) is summed by
+    :func:`~pyro_vae.models.likelihoods.bernoulli_log_density` or
+    :func:`~pyro_vae.models.likelihoods.normal_log_density`, without the temporaries of
+    Pyro's ``log_prob`` (with its validation, when the distribution validates)."""
+    fn, value = site["fn"], site["value"]
+    if (_has_stock_log_prob(fn, torch.distributions.Independent)
+            and fn.reinterpreted_batch_ndims == 1):
+        base = fn.base_dist
+        for family, density in _EVENT_DENSITIES.items():
+            if _has_stock_log_prob(base, family):
+                if base._validate_args:
+                    base._validate_sample(value)
+                return density(base, value)
+    return fn.log_prob(value)
 
 
 def _data_dim(site) -> int | None:
@@ -127,7 +161,7 @@ def log_density_terms(model, batch: tuple, num_particles: int,
     terms = {"log_likelihood": zero, "log_prior": zero, "log_guide": zero}
 
     def add(key, site):
-        log_prob = scale_and_mask(site["fn"].log_prob(site["value"]), mask=site["mask"])
+        log_prob = scale_and_mask(site_log_prob(site), mask=site["mask"])
         terms[key] = terms[key] + _per_datapoint(site, log_prob, nesting, n)
 
     for name, site in model_trace.nodes.items():
