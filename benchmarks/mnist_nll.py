@@ -318,8 +318,9 @@ def main(argv=None) -> None:
           f"binarized; test: the first {len(test)} images (fixed binarization, seed 0)")
     print(f"model     784-{HIDDEN[0]}-{HIDDEN[1]}-{Z_DIM} tanh, Bernoulli, diagonal Gaussian "
           f"guide; Adam lr {args.lr}, eps 1e-4"
-          f"{' with Burda schedule' if args.burda_schedule else ''}, "
-          f"batch {args.batch_size}, {args.epochs} epoch(s)")
+          f"{' with Burda schedule' if args.burda_schedule else ''}, batch {args.batch_size}, "
+          + (f"judged at epochs {sorted(set(args.eval_epochs))}" if args.curve
+             else f"{args.epochs} epoch(s)"))
     print(f"judged    -log p(x) by importance sampling, K={args.eval_samples}, nats "
           "(lower is better)")
     print()

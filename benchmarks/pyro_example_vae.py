@@ -21,6 +21,11 @@ import torch
 from plain_vae import PlainVAE
 from torch import nn
 
+#: the example registers "decoder" and "encoder" in Pyro's global parameter store; other names
+#: here, so that a pyro-vae VAE run in the same process with module_local_params off (the
+#: step benchmark's pyro-jit contender) does not read these networks' parameters by name
+DECODER, ENCODER = "example_decoder", "example_encoder"
+
 #: pyro-vae estimator spec -> Pyro's loss as the example would construct it (with the plate
 #: nesting stated, so that Pyro does not trace the model once to guess it)
 PYRO_LOSSES = {
@@ -43,7 +48,7 @@ class PyroExampleVAE(nn.Module):
         self.z_dim = plain.loc_head.out_features
 
     def model(self, x):
-        pyro.module("decoder", self.plain.decoder)
+        pyro.module(DECODER, self.plain.decoder)
         with pyro.plate("data", x.shape[0]):
             z_loc = x.new_zeros(torch.Size((x.shape[0], self.z_dim)))
             z_scale = x.new_ones(torch.Size((x.shape[0], self.z_dim)))
@@ -53,7 +58,7 @@ class PyroExampleVAE(nn.Module):
                         obs=x.reshape(-1, x.shape[-1]))
 
     def guide(self, x):
-        pyro.module("encoder", self.encoder)
+        pyro.module(ENCODER, self.encoder)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale, _ = self.plain.encode(x)
             pyro.sample("latent", dist.Normal(z_loc, z_scale).to_event(1))
