@@ -4,6 +4,7 @@ are in test_fast_paths.py; nothing here times anything."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -99,3 +100,59 @@ def test_mnist_curves_resume_exactly_and_plot(tmp_path, capsys):
     figure = tmp_path / "curve.png"
     mnist_nll.main(["--curve", str(tmp_path / "a"), "--plot", "--figure", str(figure)])
     assert figure.stat().st_size > 1000
+
+
+def _pyro_examples_module():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import pyro_examples
+        return pyro_examples
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_pyro_examples_reads_the_examples_output_and_prints_one_table():
+    module = _pyro_examples_module()
+    vae_lines = [(5.0, "[epoch 000]  average training loss: 150.5"),
+                 (6.0, "[epoch 000]  average test loss: 120.25"),
+                 (9.5, "[epoch 001]  average training loss: 110.0"),
+                 (10.0, "[epoch 001]  average test loss: 105.5")]
+    vae = module.parse_pyro_output("vae", vae_lines)
+    assert vae == {"epoch_seconds": [3.5], "train_loss": 110.0, "test_elbo": -105.5}
+    m2_lines = [(70.0, "0 epoch: avg losses 600.1 140.2 validation accuracy 0.41 test accuracy "
+                       "0.4"),
+                (130.0, "1 epoch: avg losses 500.0 120.5 validation accuracy 0.52 test "
+                        "accuracy 0.515"),
+                (131.0, "best validation accuracy 0.52 corresponding testing accuracy 0.515 "
+                        "last testing accuracy 0.515")]
+    m2 = module.parse_pyro_output("m2", m2_lines)
+    assert m2["epoch_seconds"] == [60.0] and m2["train_loss"] == 120.5
+    assert (m2["test_accuracy"], m2["best_test_accuracy"]) == (0.515, 0.515)
+    text = module.table([("vae", "pyro example", vae), ("m2", "pyro example", m2)])
+    lines = text.splitlines()
+    assert lines[2].split() == ["vae", "pyro", "example", "3.50", "110.00", "-105.50", "-", "-"]
+    assert lines[3].split()[-2:] == ["0.5150", "0.5150"]
+    with pytest.raises(SystemExit, match="point --pyro-examples"):
+        module.main(["--pyro-examples", str(BENCHMARKS), "--data-dir", "x"])
+
+
+PYRO_EXAMPLES = os.environ.get("PYRO_EXAMPLES")
+
+
+@pytest.mark.skipif(not PYRO_EXAMPLES, reason="needs a checkout of Pyro's examples/vae "
+                    "($PYRO_EXAMPLES)")
+def test_pyro_examples_runs_pyros_vae_beside_pyro_vae_at_a_tiny_size(tmp_path, capsys,
+                                                                    monkeypatch):
+    """Pyro's vae.py and pyro-vae on 512 fake 28x28 images, two epochs each."""
+    from test_mnist import write_mnist
+    write_mnist(tmp_path / "mnist", n_train=512, n_test=256, size=(28, 28), compress=False)
+    monkeypatch.setenv("PYRO_EXAMPLES_VERIFY", "0")
+    module = _pyro_examples_module()
+    monkeypatch.setitem(module.PYRO_VAE_FLAGS, "vae", [
+        *module.PYRO_VAE_FLAGS["vae"], "--data-option", "verify=false"])
+    module.main(["--pyro-examples", PYRO_EXAMPLES, "--data-dir", str(tmp_path / "mnist"),
+                 "--examples", "vae", "--epochs", "2"])
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith("vae ")]
+    assert [row[1] for row in rows] == ["pyro", "pyro-vae"]
+    assert all(float(row[-5]) >= 0 and float(row[-4]) > 0 for row in rows)   # s, loss
