@@ -347,7 +347,10 @@ class EvaluationResult:
     (summed exactly, or importance-sampled when there are too many joint configurations);
     with ``labels``, ``accuracy`` compares argmax_y q(y|x) with them: ``accuracy_kind`` is
     ``"classification"`` when the model's classes are the labels (M2) and ``"clustering"``
-    (after the best one-to-one matching of clusters to labels) otherwise.
+    (after the best one-to-one matching of clusters to labels) otherwise. A model with several
+    latent sites (``model.latent_sites``, e.g. the hierarchical VAE's ``z1``, ``z2``) gets
+    ``layers``: per site its ``size``, ``kl`` (the sum of its KL per dimension, against the
+    prior given the layer above) and ``active_units``; ``active_units`` is then their sum.
     """
 
     log_likelihood: float
@@ -362,6 +365,7 @@ class EvaluationResult:
     discrete_sites: dict[str, str] | None = None
     accuracy: float | None = None
     accuracy_kind: str | None = None
+    layers: dict[str, dict] | None = None
     per_datapoint: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
@@ -414,11 +418,14 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
             ll = first_tensor(source).new_full((len(source),), math.nan)
         terms = elbo_terms(model, source, elbo_particles, max_plate_nesting=nesting,
                            max_enumeration=max_enumeration)
+        layers = _layer_summaries(model, source)
         try:
             units, variances = active_units(model, source, site=latent_site)
             kl_dims = kl_per_dimension(model, source, site=latent_site)
         except KeyError:
             units, variances, kl_dims = None, None, None
+        if layers and units is None:
+            units = sum(layer["active_units"] for layer in layers.values())
         accuracy = None
         if labels is not None:
             from pyro_vae.inference.metrics.classes import label_accuracy
@@ -435,8 +442,22 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         unit_variances=None if variances is None else variances.tolist(),
         discrete_sites=plan.describe(),
         accuracy=None if accuracy is None else accuracy.accuracy,
-        accuracy_kind=None if accuracy is None else accuracy.kind,
+        accuracy_kind=None if accuracy is None else accuracy.kind, layers=layers,
         per_datapoint={"log_likelihood": ll, **terms, **extra})
+
+
+def _layer_summaries(model, source) -> dict[str, dict] | None:
+    """Size, KL and active units of each site in ``model.latent_sites`` (None without)."""
+    sites = getattr(model, "latent_sites", None)
+    if not sites:
+        return None
+    layers = {}
+    for site in sites:
+        units, variances = active_units(model, source, site=site)
+        kl_dims = kl_per_dimension(model, source, site=site)
+        layers[site] = {"size": len(variances), "active_units": units,
+                        "kl": None if kl_dims is None else float(kl_dims.sum())}
+    return layers
 
 
 def gaussian_kl(mu: float, sigma: float) -> float:

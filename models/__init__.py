@@ -1,5 +1,6 @@
-"""The generative story: priors, likelihoods, guide families, networks, the VAE and the
-discrete-latent models (Gaussian-mixture VAE, M2 semi-supervised VAE, categorical VAE).
+"""The generative story: priors, likelihoods, guide families, networks, the VAE, the
+hierarchical VAE and the discrete-latent models (Gaussian-mixture VAE, M2 semi-supervised
+VAE, categorical VAE).
 
 Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fitting.
 """
@@ -15,6 +16,7 @@ from pyro_vae.models.guides import (
     FullRankNormalGuide,
     Guide,
 )
+from pyro_vae.models.hierarchical import HierarchicalVAE
 from pyro_vae.models.likelihoods import (
     BernoulliLikelihood,
     ContinuousBernoulliLikelihood,
@@ -42,7 +44,8 @@ from pyro_vae.models.semi_supervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE, check_data_matrix, data_plate
 
 __all__ = [
-    "VAE", "autoencoder", "ConditionalVAE", "data_plate", "check_data_matrix", "register",
+    "VAE", "autoencoder", "ConditionalVAE", "HierarchicalVAE", "data_plate",
+    "check_data_matrix", "register",
     "PRIORS", "LIKELIHOODS", "GUIDES",
     "Prior", "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior", "StudentTPrior",
     "MixtureOfGaussiansPrior", "VampPrior",

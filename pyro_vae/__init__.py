@@ -56,6 +56,7 @@ from pyro_vae.models import (
     ConditionalVAE,
     DataSupportError,
     GaussianMixtureVAE,
+    HierarchicalVAE,
     SemiSupervisedVAE,
     autoencoder,
 )
@@ -83,7 +84,8 @@ __all__ = [
     "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
     "open_run", "load_data", "build_model",
     # holes, posterior collapse, conditional VAE, anomaly scores
-    "autoencoder", "ConditionalVAE", "FreeBitsELBO", "hole_fractions", "run_holes_study",
+    "autoencoder", "ConditionalVAE", "HierarchicalVAE", "FreeBitsELBO", "hole_fractions",
+    "run_holes_study",
     "HolesStudyResult", "kl_check_table", "run_collapse_study", "CollapseResult",
     "plot_class_samples", "anomaly_scores", "roc_auc", "run_anomaly_study", "AnomalyResult",
     # discrete latents

@@ -28,6 +28,7 @@ from pyro_vae.models import (
     CategoricalVAE,
     ConditionalVAE,
     GaussianMixtureVAE,
+    HierarchicalVAE,
     SemiSupervisedVAE,
 )
 
@@ -38,7 +39,8 @@ DIGEST_KEY = "sha256"
 #: model class name (``config["class"]``) -> builder taking the config's other keys
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
     "VAE": VAE, "ConditionalVAE": ConditionalVAE, "GaussianMixtureVAE": GaussianMixtureVAE,
-    "SemiSupervisedVAE": SemiSupervisedVAE, "CategoricalVAE": CategoricalVAE}
+    "SemiSupervisedVAE": SemiSupervisedVAE, "CategoricalVAE": CategoricalVAE,
+    "HierarchicalVAE": HierarchicalVAE}
 
 
 class CheckpointError(ValueError):

@@ -49,7 +49,6 @@ from pyro_vae.runs.directory import (
     prepare_run_dir,
     read_history,
     read_metrics,
-    summary_table,
     train_run,
     update_metrics,
     write_config,
@@ -57,6 +56,7 @@ from pyro_vae.runs.directory import (
     write_history,
 )
 from pyro_vae.runs.errors import ConfigError, RunDirectoryError
+from pyro_vae.runs.summary import summary_table
 
 __all__ = [
     # errors

@@ -23,7 +23,13 @@ from pyro_vae.inference import (
     parse_estimator,
 )
 from pyro_vae.inference.batching import JoinedSource, as_source, ordered_batches
-from pyro_vae.models import VAE, CategoricalVAE, GaussianMixtureVAE, SemiSupervisedVAE
+from pyro_vae.models import (
+    VAE,
+    CategoricalVAE,
+    GaussianMixtureVAE,
+    HierarchicalVAE,
+    SemiSupervisedVAE,
+)
 from pyro_vae.runs.errors import ConfigError
 
 #: dataset name -> binarisation used by ``binarize = "auto"``
@@ -262,9 +268,28 @@ def build_vae(config: Mapping, dataset: Dataset) -> VAE:
         raise ConfigError(str(error)) from None
 
 
+def build_hvae(config: Mapping, dataset: Dataset) -> HierarchicalVAE:
+    """A :class:`~pyro_vae.models.HierarchicalVAE` with stochastic layers ``layers`` (z_1
+    first), its guide ``hvae_guide`` (bottom_up or top_down); ``hidden`` are the widths before
+    z_1, scaled for the layers above."""
+    if config["network"] != "mlp":
+        raise ConfigError(f"model 'hvae' uses MLP networks; got network {config['network']!r}")
+    if config["guide"] != "diagonal" or config["guide_options"]:
+        raise ConfigError("model 'hvae' has its own Gaussian guides per layer, chosen with "
+                          f"--hvae-guide bottom_up|top_down; got guide {config['guide']!r}. "
+                          "Drop --guide.")
+    return _built(HierarchicalVAE, "hvae", x_dim=dataset.x_dim, layers=config["layers"],
+                  hidden=config["hidden"], activation=config["activation"],
+                  guide=config["hvae_guide"], prior=config["prior"],
+                  likelihood=_likelihood(config, dataset),
+                  prior_options=config["prior_options"],
+                  likelihood_options=config["likelihood_options"])
+
+
 #: config["model"] -> builder(config, dataset); other model families register here
 MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {
-    "vae": build_vae, "gmvae": build_gmvae, "m2": build_m2, "categorical": build_categorical}
+    "vae": build_vae, "hvae": build_hvae, "gmvae": build_gmvae, "m2": build_m2,
+    "categorical": build_categorical}
 
 
 def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]

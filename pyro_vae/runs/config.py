@@ -202,6 +202,11 @@ add_option("network", "mlp", "encoder/decoder networks", choices=_network_names,
 add_option("num_classes", 0, "values of y: gmvae components, m2 classes (0: the dataset's "
            "number of classes, else 10), categorical classes per latent (0: 10)",
            check=non_negative, group="model")
+add_option("layers", [100, 50], "hvae: sizes of the stochastic layers z_1, ..., z_L (z_1 nearest "
+           "the data), e.g. 100,50", kind="int_list", check=_check_hidden, group="model")
+add_option("hvae_guide", "bottom_up", "hvae: bottom_up (q(z_1|x) q(z_2|z_1) ...) or top_down "
+           "(the ladder VAE's guide, sharing the generative path)",
+           choices=lambda: ("bottom_up", "top_down"), group="model")
 add_option("num_latents", 20, "categorical: number of categorical latent variables",
            check=positive, group="model")
 add_option("labels", 100, "m2: labelled training points (balanced over classes; the others "
