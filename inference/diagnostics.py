@@ -392,6 +392,8 @@ class ImportanceDraws:
     log_likelihood: torch.Tensor      # log p(x | z)
     log_prior: torch.Tensor           # log p(z)
     log_guide: torch.Tensor           # log q(z | x)
+    #: with ``replicate=True``: observed site -> (K, N, *event_shape), x_rep ~ p(x | z_k)
+    replicates: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def resample(self, num_draws: int, generator: torch.Generator | None = None
                  ) -> dict[str, torch.Tensor]:
@@ -407,9 +409,10 @@ class ImportanceDraws:
 @restores_random_state
 @torch.no_grad()
 def importance_draws(model, data, num_draws: int = 1000, *, particle_budget: int = 2 ** 18,
-                     seed: int | None = 0) -> ImportanceDraws:
+                     seed: int | None = 0, replicate: bool = False) -> ImportanceDraws:
     """``num_draws`` draws z ~ q(z | x_n) for every datapoint of ``data`` (a few points:
-    memory is K x N x latent size), with log p(x|z), log p(z), log q(z|x) and the weights."""
+    memory is K x N x latent size), with log p(x|z), log p(z), log q(z|x) and the weights;
+    with ``replicate``, also x_rep ~ p(x | z) for each draw (posterior predictive)."""
     if isinstance(num_draws, bool) or not isinstance(num_draws, int) or num_draws < 1:
         raise ValueError(f"num_draws must be a positive integer; got {num_draws!r}")
     source = as_source(data)
@@ -417,7 +420,7 @@ def importance_draws(model, data, num_draws: int = 1000, *, particle_budget: int
         pyro.set_rng_seed(seed)
     batch_size = max(1, min(len(source), particle_budget // num_draws))
     nesting = guess_max_plate_nesting(model, next(ordered_batches(source, 2)))
-    parts = [log_density_terms(model, batch, num_draws, nesting)
+    parts = [log_density_terms(model, batch, num_draws, nesting, replicate=replicate)
              for batch in ordered_batches(source, batch_size)]
 
     def joined(values: Iterable[torch.Tensor]) -> torch.Tensor:
@@ -428,7 +431,9 @@ def importance_draws(model, data, num_draws: int = 1000, *, particle_budget: int
         log_weights=joined(p.log_weights for p in parts),
         log_likelihood=joined(p.log_likelihood for p in parts),
         log_prior=joined(p.log_prior for p in parts),
-        log_guide=joined(p.log_guide for p in parts))
+        log_guide=joined(p.log_guide for p in parts),
+        replicates={name: joined(p.replicates[name] for p in parts)
+                    for name in parts[0].replicates})
 
 
 def score_gradient_variance(model, batch, baselines=("none", "avg", "nn"), *,

@@ -135,6 +135,9 @@ class LogDensityTerms:
     log_guide: torch.Tensor       # sum over guide sites, log q(z | x)
     #: the guide's draws behind the weights, site name -> (K, B, *event_shape)
     latents: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+    #: with ``replicate=True``: each observed site drawn afresh from p(x | z_k), the
+    #: posterior predictive replicates, site name -> (K, B, *event_shape)
+    replicates: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     @property
     def log_weights(self) -> torch.Tensor:
@@ -143,11 +146,14 @@ class LogDensityTerms:
 
 @torch.no_grad()
 def log_density_terms(model, batch: tuple, num_particles: int,
-                      max_plate_nesting: int | None = None) -> LogDensityTerms:
+                      max_plate_nesting: int | None = None, *,
+                      replicate: bool = False) -> LogDensityTerms:
     """Trace the guide under a plate of ``num_particles`` and replay the model.
 
     Latent sites of the model that the guide does not sample are drawn from the prior (the
-    proposal is then the prior there) and contribute no term to the weights.
+    proposal is then the prior there) and contribute no term to the weights. With
+    ``replicate``, every observed site is also drawn from its distribution given the k-th
+    draw of the latents: x_rep ~ p(x | z_k), the posterior predictive under q.
     """
     nesting = max_plate_nesting or guess_max_plate_nesting(model, batch)
     n = batch[0].shape[0]
@@ -171,6 +177,10 @@ def log_density_terms(model, batch: tuple, num_particles: int,
             add("log_likelihood", site)
         elif name in guide_trace.nodes:
             add("log_prior", site)
+    replicates = {} if not replicate else {
+        name: _per_datapoint_value({**site, "value": site["fn"].sample()}, nesting)
+        for name, site in model_trace.nodes.items()
+        if site["type"] == "sample" and site["is_observed"]}
     latents = {}
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
@@ -179,7 +189,21 @@ def log_density_terms(model, batch: tuple, num_particles: int,
             else:
                 add("log_guide", site)
             latents[name] = _per_datapoint_value(site, nesting)
-    return LogDensityTerms(**terms, latents=latents)
+    return LogDensityTerms(**terms, latents=latents, replicates=replicates)
+
+
+@torch.no_grad()
+def prior_predictive_draws(model, batch: tuple, num_samples: int,
+                           max_plate_nesting: int | None = None) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of every observed site from the prior predictive: the model run
+    alone, z ~ p(z) then x ~ p(x | z), for each datapoint of ``batch`` (which sets the plate
+    sizes and any other inputs, e.g. labels); site name -> (K, B, *event_shape)."""
+    nesting = max_plate_nesting or guess_max_plate_nesting(model, batch)
+    with poutine.block(), pyro.plate("_particles", num_samples, dim=-(nesting + 1)):
+        trace = poutine.trace(poutine.uncondition(model.model)).get_trace(*batch)
+    return {name: _per_datapoint_value(site, nesting)
+            for name, site in prune_subsample_sites(trace).nodes.items()
+            if site["type"] == "sample" and site["infer"].get("was_observed")}
 
 
 @contextmanager

@@ -13,7 +13,17 @@ group              variables (dims)
                    (chain, draw, datapoint); per datapoint ``pareto_k`` (PSIS k-hat)
                    and ``importance_ess`` = (sum w)^2 / sum w^2
 ``observed_data``  ``x`` (datapoint, feature), and further model inputs
+``log_likelihood`` ``x`` (chain, draw, datapoint): log p(x_n | z) of each draw, for
+                   ``az.loo`` / ``az.waic``-style use (of the guide's draws, not MCMC's)
+``posterior_predictive``  ``x`` (chain, draw, datapoint, feature): x_rep ~ p(x | z) for
+                   each guide draw z ~ q(z | x_n) (replicates of datapoint n)
+``prior_predictive``  ``x`` (chain, draw, datapoint, feature): z ~ p(z), x ~ p(x | z)
+                   (with the datapoint's other inputs, e.g. its label)
 =================  ===================================================================
+
+So ``az.plot_ppc(idata)`` and ``az.plot_ppc(idata, group="prior")`` work as on any Pyro
+MCMC result, and :func:`pyro_vae.plots.plot_ppc` compares summary statistics of the
+replicates with the data's.
 
 Chains are independent batches of independent guide draws, so ``r_hat`` is 1 up to noise.
 Resampled draws repeat, and ``az.ess`` cannot see that (they come in random order): the
@@ -32,7 +42,13 @@ import numpy as np
 import torch
 
 from pyro_vae.inference.batching import as_source
-from pyro_vae.inference.diagnostics import MIN_KHAT_SAMPLES, importance_draws, khat_from_log_weights
+from pyro_vae.inference.diagnostics import (
+    MIN_KHAT_SAMPLES,
+    importance_draws,
+    khat_from_log_weights,
+)
+from pyro_vae.inference.log_densities import prior_predictive_draws
+from pyro_vae.inference.random_state import restores_random_state
 from pyro_vae.io import atomic_path
 from pyro_vae.models._validation import check_positive_int
 
@@ -65,13 +81,15 @@ def _check_indices(indices, n: int) -> list[int]:
 def to_inference_data(model, data, indices: Sequence[int] | None = None, *,
                       num_draws: int = 1000, num_chains: int = 4, site: str = "z",
                       resample: bool = True, seed: int | None = 0,
-                      input_names: Sequence[str] = ("x", "y")):
+                      input_names: Sequence[str] = ("x", "y"), predictive: bool = True):
     """ArviZ ``InferenceData`` of the guide's posterior draws for ``data[indices]``
     (default: the first 10 datapoints); see the module docstring for the groups.
 
     ``num_chains * num_draws`` guide draws per datapoint; ``pareto_k`` is the PSIS k-hat of
     their weights (present when there are at least 50 draws). ``input_names`` name the
     model's inputs in ``observed_data`` (``model(x)`` -> ``x``; ``model(x, y)`` -> ``x, y``).
+    ``predictive`` adds the ``log_likelihood``, ``posterior_predictive`` and
+    ``prior_predictive`` groups (each observed site under its own name).
     """
     import arviz as az
     import xarray as xr
@@ -82,7 +100,7 @@ def to_inference_data(model, data, indices: Sequence[int] | None = None, *,
     indices = _check_indices(indices, len(source))
     batch = source.get(torch.tensor(indices, device=getattr(source, "device", None)))
     total = num_chains * num_draws
-    draws = importance_draws(model, batch, total, seed=seed)
+    draws = importance_draws(model, batch, total, seed=seed, replicate=predictive)
     if site not in draws.latents:
         raise KeyError(f"the guide has no latent site {site!r}; its sites are "
                        f"{sorted(draws.latents)}. Pass site=...")
@@ -122,9 +140,21 @@ def to_inference_data(model, data, indices: Sequence[int] | None = None, *,
              "draws_from": "guide q(z|x)", "num_guide_draws": total,
              "seed": -1 if seed is None else seed,
              "model_config": json.dumps(config) if config else ""}
+    groups = {}
+    if predictive:   # the observed sites' replicates take the observed data's dims
+        prior_draws = _prior_draws(model, batch, total, seed)
+        groups["posterior_predictive"] = {name: by_chain(v)
+                                          for name, v in draws.replicates.items()}
+        groups["prior_predictive"] = {name: by_chain(v) for name, v in prior_draws.items()}
     idata = az.from_dict(posterior=posterior, sample_stats=sample_stats,
                          observed_data=observed, coords=coords, dims=dims, attrs=dict(attrs),
-                         posterior_attrs=dict(attrs))
+                         posterior_attrs=dict(attrs), **groups)
+    if predictive:   # log p(x_n | z) of a draw sums over the features: one value per datapoint
+        idata.add_groups(log_likelihood=xr.Dataset({
+            name: xr.DataArray(by_chain(draws.log_likelihood),
+                               dims=["chain", "draw", "datapoint"],
+                               coords={"datapoint": indices})
+            for name in draws.replicates}))
     per_datapoint = {"importance_ess": _numpy(_kish_ess(draws.log_weights))}
     if total >= MIN_KHAT_SAMPLES:
         per_datapoint["pareto_k"] = khat_from_log_weights(draws.log_weights)
@@ -132,6 +162,15 @@ def to_inference_data(model, data, indices: Sequence[int] | None = None, *,
         idata.sample_stats[name] = xr.DataArray(values, dims=["datapoint"],
                                                 coords={"datapoint": indices})
     return idata
+
+
+@restores_random_state
+def _prior_draws(model, batch: tuple, num_draws: int, seed: int | None
+                 ) -> dict[str, torch.Tensor]:
+    """Prior predictive draws of the observed sites, the caller's random state kept."""
+    if seed is not None:
+        torch.manual_seed(seed + 1)
+    return prior_predictive_draws(model, batch, num_draws)
 
 
 def _kish_ess(log_weights: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,9 @@ def test_inference_data_round_trips_through_netcdf(ppca, tmp_path):
     path = save_inference_data(idata, tmp_path / "posterior.nc")
     back = az.from_netcdf(path)
 
-    assert set(back.groups()) == {"posterior", "sample_stats", "observed_data"}
+    assert set(back.groups()) == {"posterior", "sample_stats", "observed_data",
+                                  "posterior_predictive", "prior_predictive", "log_likelihood"}
+    assert back.posterior_predictive["x"].dims == ("chain", "draw", "datapoint", "feature")
     assert back.posterior["z"].dims == ("chain", "draw", "datapoint", "z_dim")
     assert back.posterior["z"].shape == (3, 100, 3, ppca.z_dim)
     assert back.posterior["z_resampled"].shape == (3, 100, 3, ppca.z_dim)
