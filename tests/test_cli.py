@@ -299,13 +299,15 @@ def test_diagnose_writes_snr_khat_and_posterior(trained, tmp_path, capsys):
     out = tmp_path / "diagnostics"
     argv = ["diagnose", str(trained), "--estimators", "iwae:k=1", "iwae:k=5", "--snr-draws",
             "5", "--snr-batch", "20", "--khat-points", "30", "--khat-samples", "60",
-            "--points", "0,4", "--posterior-draws", "20", "--out", str(out)]
+            "--points", "0,4", "--posterior-draws", "20", "--ppc-points", "40",
+            "--ppc-draws", "30", "--out", str(out)]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "| iwae:k=5 | encoder |" in printed and "| iwae:k=1 | decoder |" in printed
     assert "k-hat > 0.7" in printed
+    assert "Posterior predictive check" in printed and "| mean feature variance |" in printed
     assert {p.name for p in out.iterdir()} == {"snr.md", "snr.png", "khat.md", "khat.png",
-                                              "khat.csv", "posterior.nc"}
+                                              "khat.csv", "posterior.nc", "ppc.md", "ppc.png"}
     with open(out / "khat.csv") as handle:
         assert len(list(csv.DictReader(handle))) == 30
     idata = az.from_netcdf(out / "posterior.nc")

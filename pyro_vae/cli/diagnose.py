@@ -9,7 +9,10 @@ Writes into ``RUN/diagnostics/`` (or ``--out``):
 * ``khat.md``, ``khat.png``, ``khat.csv``: PSIS k-hat of the guide's importance weights per
   test point (:func:`pyro_vae.psis_khat`);
 * ``posterior.nc``: ArviZ InferenceData of posterior draws for chosen test points
-  (:func:`pyro_vae.to_inference_data`).
+  (:func:`pyro_vae.to_inference_data`), with posterior and prior predictive groups;
+* ``ppc.md``, ``ppc.png``: a posterior predictive check on the first points of the split:
+  per-feature means and variances and the mean feature variance of data replicated from the
+  fitted model against the data's, with its p-value (:func:`pyro_vae.plots.plot_ppc`).
 
 Existing outputs are never replaced; choose another ``--out``.
 """
@@ -29,13 +32,14 @@ from pyro_vae.cli.common import (
 from pyro_vae.runs.config import ConfigError
 
 HELP = "gradient SNR per estimator, PSIS k-hat of the guide and ArviZ posterior draws of a run"
-OUTPUTS = ("snr.md", "snr.png", "khat.md", "khat.png", "khat.csv", "posterior.nc")
+OUTPUTS = ("snr.md", "snr.png", "khat.md", "khat.png", "khat.csv", "posterior.nc", "ppc.md",
+           "ppc.png")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser("diagnose", help=HELP, description=HELP + ". Writes "
                                    "RUN/diagnostics/ (snr.md, snr.png, khat.md, khat.png, "
-                                   "khat.csv, posterior.nc).")
+                                   "khat.csv, posterior.nc, ppc.md, ppc.png).")
     add_run_arguments(parser, "seed of the draws (default 0)")
     add_split_argument(parser)
     parser.add_argument("--out", metavar="DIR", help="output directory (default "
@@ -57,7 +61,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="indices into --split for posterior.nc (default 0,1,2)")
     parser.add_argument("--posterior-draws", type=positive_int, default=1000, metavar="N",
                         help="draws per chain for posterior.nc (4 chains; default 1000)")
-    parser.add_argument("--skip", nargs="+", choices=["snr", "khat", "posterior"], default=[],
+    parser.add_argument("--ppc-points", type=positive_int, default=200, metavar="N",
+                        help="the first N points of --split for the predictive check "
+                        "(default 200)")
+    parser.add_argument("--ppc-draws", type=positive_int, default=100, metavar="S",
+                        help="replicated datasets for the predictive check (default 100)")
+    parser.add_argument("--skip", nargs="+", choices=["snr", "khat", "posterior", "ppc"],
+                        default=[],
                         help="diagnostics to leave out")
     return parser
 
@@ -90,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                           f"draws); got {args.snr_draws}")
     run_dir, model, dataset = open_run_and_model(args)
     out = Path(args.out) if args.out else run_dir.path / "diagnostics"
-    wanted = {"snr": OUTPUTS[:2], "khat": OUTPUTS[2:5], "posterior": OUTPUTS[5:]}
+    wanted = {"snr": OUTPUTS[:2], "khat": OUTPUTS[2:5], "posterior": OUTPUTS[5:6],
+              "ppc": OUTPUTS[6:]}
     targets = [out / name for key, names in wanted.items() if key not in args.skip
                for name in names]
     existing = [str(p) for p in targets if p.exists()]
@@ -126,6 +137,16 @@ def run(args: argparse.Namespace) -> int:
         idata = pv.to_inference_data(model, data, args.points,
                                      num_draws=args.posterior_draws, seed=seed)
         pv.save_inference_data(idata, out / "posterior.nc")
+    if "ppc" not in args.skip:
+        from pyro_vae.plots.ppc import plot_ppc, ppc_markdown, ppc_statistics
+        count = min(args.ppc_points, len(data))
+        idata = pv.to_inference_data(model, data, list(range(count)), num_draws=args.ppc_draws,
+                                     num_chains=1, resample=False, seed=seed)
+        stats = ppc_statistics(idata)
+        write_text(out / "ppc.md", ppc_markdown(stats, f"{run_dir.path.name} ({args.split}, "
+                                                       f"{count} points)"))
+        save_figure(plot_ppc(idata), out / "ppc.png")
+        print(ppc_markdown(stats, f"{run_dir.path.name} ({args.split}, {count} points)"))
     written = [p.name for p in targets if p.exists()]
     print(f"written    {', '.join(written)} in {out}")
     return 0

@@ -26,7 +26,13 @@ from pyro_vae.plots.figures import (
     standard_figures,
 )
 from pyro_vae.plots.holes import holes_figure
-from pyro_vae.plots.ppc import PPCStatistics, mean_feature_variance, plot_ppc, ppc_statistics
+from pyro_vae.plots.ppc import (
+    PPCStatistics,
+    mean_feature_variance,
+    plot_ppc,
+    ppc_markdown,
+    ppc_statistics,
+)
 from pyro_vae.plots.studies import anomaly_figure, collapse_figure
 
 __all__ = [
@@ -36,4 +42,5 @@ __all__ = [
     "curve_metric", "plot_learning_curves", "plot_khat", "plot_khat_by_estimator",
     "plot_gradient_snr", "plot_khat_results", "holes_figure", "collapse_figure",
     "anomaly_figure", "plot_ppc", "ppc_statistics", "PPCStatistics", "mean_feature_variance",
+    "ppc_markdown",
 ]

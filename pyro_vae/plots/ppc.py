@@ -55,6 +55,26 @@ def ppc_statistics(idata, statistic: Callable[[np.ndarray], float] = mean_featur
         float(np.mean(replicated_statistic >= observed_statistic)))
 
 
+def ppc_markdown(stats: PPCStatistics, name: str,
+                 statistic_name: str = "mean feature variance") -> str:
+    """A short Markdown table of a check: the statistic observed and replicated, p-value, and
+    how far the replicated per-feature means and variances fall from the observed ones."""
+    mean_gap = np.abs(stats.replicated_means.mean(0) - stats.observed_means).mean()
+    variance_ratio = stats.replicated_variances.mean() / max(stats.observed_variances.mean(),
+                                                             1e-12)
+    replicated = stats.replicated_statistic
+    return "\n".join([
+        f"### Posterior predictive check: {name}", "",
+        "| statistic | observed | replicated (mean, 5-95%) | p |", "|---|---|---|---|",
+        f"| {statistic_name} | {stats.observed_statistic:.4g} | {replicated.mean():.4g} "
+        f"({np.percentile(replicated, 5):.4g} to {np.percentile(replicated, 95):.4g}) | "
+        f"{stats.p_value:.3f} |", "",
+        f"Per feature: mean absolute gap between replicated and observed means "
+        f"{mean_gap:.4g}; replicated variances {variance_ratio:.3g} times the observed "
+        f"({len(replicated)} replicated datasets; p near 0 or 1 flags a statistic the model "
+        "does not reproduce).", ""])
+
+
 def plot_ppc(idata, statistic: Callable[[np.ndarray], float] = mean_feature_variance,
              statistic_name: str = "mean feature variance",
              group: str = "posterior_predictive", var: str = "x") -> Figure:
