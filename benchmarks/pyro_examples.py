@@ -29,6 +29,8 @@ validation epoch.
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
 import re
 import statistics
@@ -40,8 +42,6 @@ import time
 from pathlib import Path
 
 from _common import print_header
-
-import pyro_vae as pv
 
 EXAMPLES = ("vae", "m2")
 
@@ -218,14 +218,24 @@ def run_pyro_vae(example: str, data_dir: str, epochs: int, binarize: str, out: P
                "10", "--no-figures", "--quiet", "--out", str(out), *PYRO_VAE_FLAGS[example]]
     print(f"pyro-vae  {' '.join(command[2:])}", flush=True)
     subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
-    run = pv.open_run(out)
-    history = run.history()
-    row = {"epoch_seconds": [r["seconds"] for r in history],
-           "train_loss": history[-1]["loss"], "test_elbo": run.metrics["test"]["elbo"]}
-    if example == "m2":
-        row["test_accuracy"] = history[-1].get("test_accuracy")
-        row["best_test_accuracy"] = run.metrics.get("best_validation", {}).get(
-            "test_accuracy")
+    return read_pyro_vae_run(out)
+
+
+def read_pyro_vae_run(out: Path) -> dict:
+    """The table's numbers from a run directory's history.csv and metrics.json (read as
+    files, so that a run written by another version of pyro-vae reads too)."""
+    with open(out / "history.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    def number(text):
+        return float(text) if text not in ("", None) else None
+
+    row = {"epoch_seconds": [float(r["seconds"]) for r in history],
+           "train_loss": number(history[-1]["loss"]), "test_elbo": metrics["test"]["elbo"]}
+    if "test_accuracy" in history[-1]:
+        row["test_accuracy"] = number(history[-1]["test_accuracy"])
+        row["best_test_accuracy"] = metrics.get("best_validation", {}).get("test_accuracy")
     return row
 
 
