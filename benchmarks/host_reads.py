@@ -69,7 +69,7 @@ def reads_per_step(spec: str, validation: bool, device, steps: int) -> dict:
     settings = dict(estimator=estimator, batch_size=batch_size, quiet=True,
                     monitor=pv.Monitoring(size=8), device=device)
     with pyro.validation_enabled(validation), ReadCounter() as counter:
-        training.fit(model, x, epochs=1, **settings)   # warm-up (compiles under jit=1)
+        training.fit(model, x, epochs=1, **settings)   # warm-up (compiles where it may)
         step, optimizer_step = training_loop.Fit.train_step, torch.optim.Adam.step
 
         def counted_step(self, *args, **kwargs):
