@@ -26,10 +26,10 @@ from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
 from pyro_vae.models.class_site import BaselineNetwork, concat_broadcast, split_parameters
 from pyro_vae.models.networks import MLP, MLPDecoder
-from pyro_vae.models.vae import check_data_matrix, data_plate
+from pyro_vae.models.vae import DataCheckedModel, data_plate
 
 
-class CategoricalVAE(PyroModule):
+class CategoricalVAE(DataCheckedModel, PyroModule):
     """L independent K-way categorical latents with a uniform prior.
 
     ``likelihood`` is a registered name or module; ``encoder`` (x -> L*K logits) and
@@ -89,18 +89,10 @@ class CategoricalVAE(PyroModule):
                 pyro.sample(name, dist.OneHotCategorical(logits=logits[..., index, :]))
 
     # ---- checks, groups and conveniences --------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``encoder`` (q(y|x)) and ``decoder`` (p(x|y)); not the baseline network."""
         return split_parameters(self, {"encoder": [self.encoder]},
                                 exclude=[self.baseline_network])
-
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
 
     @torch.no_grad()
     def y_posterior(self, x: torch.Tensor) -> torch.Tensor:

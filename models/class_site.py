@@ -118,9 +118,6 @@ class ClassSiteModel:
                                        "encoder": [self.guide_family]},
                                 exclude=[self.baseline_network])
 
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
-
     @torch.no_grad()
     def y_posterior(self, x: torch.Tensor) -> torch.Tensor:
         """q(y | x), the classifier's class probabilities, shape (N, C)."""

@@ -26,10 +26,10 @@ from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int
 from pyro_vae.models.handlers import scale_latent_sites
 from pyro_vae.models.networks import MLPDecoder, MLPEncoder
-from pyro_vae.models.vae import check_data_matrix, data_plate
+from pyro_vae.models.vae import DataCheckedModel, data_plate
 
 
-class ConditionalVAE(PyroModule):
+class ConditionalVAE(DataCheckedModel, PyroModule):
     """p(z | c) p(x | z, c) with guide q(z | x, c) for labels c in {0, ..., num_classes - 1}.
 
     ``condition_prior`` learns a Normal prior per class; ``condition_decoder`` feeds
@@ -118,11 +118,6 @@ class ConditionalVAE(PyroModule):
                 self.guide_family(torch.cat([x, self.one_hot(c, x)], -1))
 
     # ---- checks and conveniences ---------------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
     def _labels(self, c, n: int) -> torch.Tensor:
         device = next(self.parameters()).device
         if isinstance(c, int):

@@ -38,7 +38,7 @@ from pyro_vae.models import registry
 from pyro_vae.models._validation import check_positive_int, unknown_name_error
 from pyro_vae.models.handlers import scale_latent_sites
 from pyro_vae.models.networks import MLP, MLPDecoder, activation_module
-from pyro_vae.models.vae import check_data_matrix, data_plate
+from pyro_vae.models.vae import DataCheckedModel, data_plate
 
 GUIDE_PATHS = ("bottom_up", "top_down")
 
@@ -82,7 +82,7 @@ def _widths(hidden: Sequence[int], ratio: float) -> list[int]:
     return [max(1, round(width * ratio)) for width in hidden]
 
 
-class HierarchicalVAE(PyroModule):
+class HierarchicalVAE(DataCheckedModel, PyroModule):
     """The model of the module docstring: ``layers`` = the sizes of z_1 ... z_L (at least 2),
     ``guide`` = ``"bottom_up"`` or ``"top_down"``; ``prior`` (of z_L) and ``likelihood`` are
     registered names or modules, as for :class:`~pyro_vae.models.VAE`."""
@@ -170,15 +170,7 @@ class HierarchicalVAE(PyroModule):
             terms.append(encoder.heads(d))
         return terms
 
-    # ---- checks and conveniences ----------------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
-
+    # ---- conveniences ----------------------------------------------------------------------
     @torch.no_grad()
     def layer_means(self, x: torch.Tensor) -> list[torch.Tensor]:
         """The guide's means, each layer drawn at its mean: [E z_1, ..., E z_L]."""

@@ -35,12 +35,12 @@ from pyro_vae.models.class_site import (
     one_hot_table,
 )
 from pyro_vae.models.networks import MLP, MLPDecoder, MLPEncoder
-from pyro_vae.models.vae import check_data_matrix, data_plate
+from pyro_vae.models.vae import DataCheckedModel, data_plate
 
 _SOFTPLUS_ONE = math.log(math.e - 1.0)   # softplus(_SOFTPLUS_ONE) == 1
 
 
-class GaussianMixtureVAE(ClassSiteModel, PyroModule):
+class GaussianMixtureVAE(ClassSiteModel, DataCheckedModel, PyroModule):
     """p(y) p(z | y) p(x | z) with a learned Gaussian component per cluster y.
 
     ``num_components`` clusters; ``learn_weights=False`` keeps pi uniform. Component means
@@ -133,11 +133,6 @@ class GaussianMixtureVAE(ClassSiteModel, PyroModule):
             self.guide_family(concat_broadcast(x, y))
 
     # ---- checks, groups and conveniences --------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E_q[z | x] = sum_y q(y|x) E_q[z | x, y], shape (N, z_dim)."""

@@ -48,10 +48,10 @@ from pyro_vae.models.class_site import (
     pin_to_labels,
 )
 from pyro_vae.models.networks import MLP, MLPDecoder, MLPEncoder
-from pyro_vae.models.vae import check_data_matrix, data_plate
+from pyro_vae.models.vae import DataCheckedModel, data_plate
 
 
-class SemiSupervisedVAE(ClassSiteModel, PyroModule):
+class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
     """M2: p(y) p(z) p(x | y, z) with classifier q(y | x) and q(z | x, y).
 
     ``alpha`` (with ``num_labelled``, the number of labelled training points) or
@@ -149,11 +149,6 @@ class SemiSupervisedVAE(ClassSiteModel, PyroModule):
         return self.alpha * num_data / self.num_labelled
 
     # ---- checks, groups and conveniences --------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
     @torch.no_grad()
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """argmax_y q(y | x), shape (N,)."""

@@ -66,7 +66,20 @@ def check_data_matrix(x, x_dim: int | None = None, *, what: str = "data") -> Non
                          f"(first rows: {rows}); expected finite values. Remove or impute them.")
 
 
-class VAE(PyroModule):
+class DataCheckedModel:
+    """What every model with ``x_dim`` and a ``likelihood`` shares (mixed into a
+    PyroModule): the check of the data it is given, and a parameter to build tensors like."""
+
+    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
+        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
+        check_data_matrix(x, self.x_dim, what=what)
+        self.likelihood.check_data(x)
+
+    def _reference(self) -> torch.Tensor:
+        return next(self.parameters())
+
+
+class VAE(DataCheckedModel, PyroModule):
     """A VAE with swappable prior, likelihood, guide family and networks.
 
     Each of ``prior``, ``likelihood`` and ``guide`` is a registered name (see
@@ -136,15 +149,7 @@ class VAE(PyroModule):
             with scale_latent_sites(self.beta):
                 self.guide_family(x)
 
-    # ---- checks and conveniences ----------------------------------------------------------
-    def check_data(self, x: torch.Tensor, what: str = "data") -> None:
-        """Raise a clear error unless x has shape (N, x_dim), is finite and in the support."""
-        check_data_matrix(x, self.x_dim, what=what)
-        self.likelihood.check_data(x)
-
-    def _reference(self) -> torch.Tensor:
-        return next(self.parameters())
-
+    # ---- conveniences ----------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """E_q[z | x], shape (N, z_dim)."""
