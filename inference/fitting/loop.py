@@ -96,17 +96,7 @@ class Fit(ResumableFit, NonFiniteGuard):
             # the loss and gradient of the global batch, identical on every rank
             weight = len(batch[0]) / global_size if self.scaled else 1.0
             loss = self.parallel.combine_gradients(model.parameters(), loss, weight)
-        params = [p for p in self.parameters if p.grad is not None]
-        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
-                     else None)
-        if isinstance(loss, torch.Tensor):
-            checks = [torch.isfinite(loss)] + ([] if grad_norm is None else [
-                torch.isfinite(grad_norm).to(loss.device)])
-            finite = torch.stack(checks).tolist()   # the step's one host synchronisation
-            loss_finite, grads_finite = finite[0], all(finite[1:])
-        else:
-            loss_finite = math.isfinite(loss)
-            grads_finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+        params, grad_norm, loss_finite, grads_finite = self._finite_check(loss)
         if compiled and self.parallel is None and not (loss_finite and grads_finite):
             # a graph does not validate distributions: the same step, same draws, eagerly,
             # so a failed step is found and reported exactly as an eager fit reports it
@@ -114,11 +104,7 @@ class Fit(ResumableFit, NonFiniteGuard):
             if cuda_rng_before is not None:
                 torch.cuda.set_rng_state(cuda_rng_before, batch[0].device)
             invalid, loss = self._estimate(batch, beta, compiled=False)
-            params = [p for p in self.parameters if p.grad is not None]
-            grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
-                         else None)
-            loss_finite = invalid is None and bool(torch.isfinite(loss))
-            grads_finite = grad_norm is None or bool(torch.isfinite(grad_norm))
+            params, grad_norm, loss_finite, grads_finite = self._finite_check(loss)
         if invalid is not None or not loss_finite:
             self._fail_non_finite(batch, beta, rng_before, float(loss), invalid, epoch,
                                   batch_number)
@@ -147,6 +133,19 @@ class Fit(ResumableFit, NonFiniteGuard):
         self.loss_sum = self.loss_sum + loss * (global_size / self.n if self.scaled else 1.0)
         self.seen += global_size
 
+    def _finite_check(self, loss) -> tuple[list, torch.Tensor | None, bool, bool]:
+        """(parameters with a gradient, their total gradient norm, whether the loss is finite,
+        whether the gradients are): one host read for a loss left on the device."""
+        params = [p for p in self.parameters if p.grad is not None]
+        grad_norm = (torch.nn.utils.get_total_norm([p.grad for p in params]) if params
+                     else None)
+        if isinstance(loss, torch.Tensor):
+            checks = [torch.isfinite(loss)] + ([] if grad_norm is None else [
+                torch.isfinite(grad_norm).to(loss.device)])
+            finite = torch.stack(checks).tolist()   # the step's one host synchronisation
+            return params, grad_norm, finite[0], all(finite[1:])
+        return (params, grad_norm, math.isfinite(loss),
+                grad_norm is None or bool(torch.isfinite(grad_norm)))
 
     def _estimate(self, batch, beta: float, compiled: bool):
         """Zero the gradients, then accumulate the estimator's gradients on ``batch``:
