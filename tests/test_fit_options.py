@@ -159,3 +159,13 @@ def test_old_names_are_the_new_objects():
         from pyro_vae.inference.training import NonFiniteLossError, fit, resolve_device
     assert fit is pv.fit and NonFiniteLossError is pv.NonFiniteLossError
     assert resolve_device is pv.inference.resolve_device
+
+
+def test_summary_table_at_its_old_path_is_the_new_one_with_a_warning():
+    import pyro_vae.runs.directory as directory
+    from pyro_vae.runs.summary import summary_table
+    with pytest.warns(DeprecationWarning, match="moved to pyro_vae.runs.summary"):
+        from pyro_vae.runs.directory import summary_table as old
+    assert old is summary_table
+    with pytest.raises(AttributeError, match="has no attribute"):
+        directory.no_such_name  # noqa: B018

@@ -22,6 +22,7 @@ import io
 import json
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -431,3 +432,15 @@ def _resumed_config(run_dir, requested: Mapping) -> tuple[Path, dict]:
 
 def _version() -> str:
     return __version__
+
+
+def __getattr__(name: str):
+    """``summary_table`` moved to :mod:`pyro_vae.runs.summary`; the old path still works, with
+    a warning, for one release."""
+    if name == "summary_table":
+        from pyro_vae.runs.summary import summary_table
+        warnings.warn("pyro_vae.runs.directory.summary_table moved to pyro_vae.runs.summary; "
+                      "import it from there or from pyro_vae.runs (the old path is removed in "
+                      "pyro-vae 0.3).", DeprecationWarning, stacklevel=2)
+        return summary_table
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,8 +4,10 @@ model, training, and the numbers per split (nats per datapoint)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from pyro_vae.runs.directory import Run
+if TYPE_CHECKING:   # a run is only read here; directory.py forwards its old name to this module
+    from pyro_vae.runs.directory import Run
 
 
 def _number(value, digits: int = 2) -> str:
