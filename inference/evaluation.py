@@ -351,6 +351,10 @@ class EvaluationResult:
     latent sites (``model.latent_sites``, e.g. the hierarchical VAE's ``z1``, ``z2``) gets
     ``layers``: per site its ``size``, ``kl`` (the sum of its KL per dimension, against the
     prior given the layer above) and ``active_units``; ``active_units`` is then their sum.
+    A model with global latent sites (``model.global_sites``: a Bayesian decoder's weights)
+    gets ``weight_kl`` = KL(q(W) || p(W)) in nats, in all (the training loss counts it once
+    per pass over the data); its per-datapoint numbers are then predictive, given W ~ q(W)
+    drawn afresh for every particle.
     """
 
     log_likelihood: float
@@ -366,6 +370,7 @@ class EvaluationResult:
     accuracy: float | None = None
     accuracy_kind: str | None = None
     layers: dict[str, dict] | None = None
+    weight_kl: float | None = None
     per_datapoint: dict = field(default_factory=dict, repr=False)
 
     def summary(self) -> dict:
@@ -434,6 +439,7 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         if was_training and hasattr(model, "train"):
             model.train()
     extra = {} if accuracy is None else {"y_probs": accuracy.probs}
+    weight_kl = getattr(model, "weight_kl", None)
     return EvaluationResult(
         log_likelihood=ll.mean().item(), elbo=terms["elbo"].mean().item(),
         recon=terms["recon"].mean().item(), kl=terms["kl"].mean().item(),
@@ -443,6 +449,7 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         discrete_sites=plan.describe(),
         accuracy=None if accuracy is None else accuracy.accuracy,
         accuracy_kind=None if accuracy is None else accuracy.kind, layers=layers,
+        weight_kl=float(weight_kl()) if callable(weight_kl) else None,
         per_datapoint={"log_likelihood": ll, **terms, **extra})
 
 

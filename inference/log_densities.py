@@ -151,7 +151,11 @@ def log_density_terms(model, batch: tuple, num_particles: int,
     """Trace the guide under a plate of ``num_particles`` and replay the model.
 
     Latent sites of the model that the guide does not sample are drawn from the prior (the
-    proposal is then the prior there) and contribute no term to the weights. With
+    proposal is then the prior there) and contribute no term to the weights. Sites the model
+    names in ``model.global_sites`` (outside the data plate, e.g. a Bayesian decoder's
+    weights) are drawn from the guide, one draw per particle, and contribute no term either:
+    each particle's weight is then log p(x_n, z_kn | W_k) - log q(z_kn | x_n), whose
+    exponential averages to the predictive density E_q(W) p(x_n | W). With
     ``replicate``, every observed site is also drawn from its distribution given the k-th
     draw of the latents: x_rep ~ p(x | z_k), the posterior predictive under q.
     """
@@ -165,8 +169,11 @@ def log_density_terms(model, batch: tuple, num_particles: int,
     model_trace = prune_subsample_sites(model_trace)
     zero = batch[0].new_zeros(num_particles, n)
     terms = {"log_likelihood": zero, "log_prior": zero, "log_guide": zero}
+    global_sites = set(getattr(model, "global_sites", ()))
 
     def add(key, site):
+        if site["name"] in global_sites:
+            return
         log_prob = scale_and_mask(site_log_prob(site), mask=site["mask"])
         terms[key] = terms[key] + _per_datapoint(site, log_prob, nesting, n)
 
@@ -184,6 +191,8 @@ def log_density_terms(model, batch: tuple, num_particles: int,
     latents = {}
     for name, site in guide_trace.nodes.items():
         if site["type"] == "sample" and not site["is_observed"]:
+            if name in global_sites:
+                continue
             if is_point_mass(site["fn"]):  # no density: log q = +inf (not Pyro's 0 convention)
                 terms["log_guide"] = terms["log_guide"] + math.inf
             else:

@@ -6,6 +6,7 @@ Nothing here trains, reads files or plots; see :mod:`pyro_vae.inference` for fit
 """
 
 from pyro_vae.models.autoencoder import autoencoder
+from pyro_vae.models.bayesian_decoder import BayesianDecoderVAE
 from pyro_vae.models.categorical_vae import CategoricalVAE
 from pyro_vae.models.class_site import BaselineNetwork
 from pyro_vae.models.conditional import ConditionalVAE
@@ -44,7 +45,7 @@ from pyro_vae.models.semi_supervised import SemiSupervisedVAE
 from pyro_vae.models.vae import VAE, check_data_matrix, data_plate
 
 __all__ = [
-    "VAE", "autoencoder", "ConditionalVAE", "HierarchicalVAE", "data_plate",
+    "VAE", "autoencoder", "ConditionalVAE", "HierarchicalVAE", "BayesianDecoderVAE", "data_plate",
     "check_data_matrix", "register",
     "PRIORS", "LIKELIHOODS", "GUIDES",
     "Prior", "StandardNormalPrior", "LearnedNormalPrior", "LaplacePrior", "StudentTPrior",

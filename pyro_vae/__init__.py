@@ -52,6 +52,7 @@ from pyro_vae.models import (
     LIKELIHOODS,
     PRIORS,
     VAE,
+    BayesianDecoderVAE,
     CategoricalVAE,
     ConditionalVAE,
     DataSupportError,
@@ -84,7 +85,8 @@ __all__ = [
     "DatasetError", "MissingDataError", "ConfigError", "resolve_config", "Run", "train_run",
     "open_run", "load_data", "build_model",
     # holes, posterior collapse, conditional VAE, anomaly scores
-    "autoencoder", "ConditionalVAE", "HierarchicalVAE", "FreeBitsELBO", "hole_fractions",
+    "autoencoder", "ConditionalVAE", "HierarchicalVAE", "BayesianDecoderVAE", "FreeBitsELBO",
+    "hole_fractions",
     "run_holes_study",
     "HolesStudyResult", "kl_check_table", "run_collapse_study", "CollapseResult",
     "plot_class_samples", "anomaly_scores", "roc_auc", "run_anomaly_study", "AnomalyResult",

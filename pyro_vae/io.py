@@ -25,6 +25,7 @@ from pyro_vae.inference.devices import resolve_device
 from pyro_vae.inference.fitting.state import STATE_FORMAT
 from pyro_vae.models import (
     VAE,
+    BayesianDecoderVAE,
     CategoricalVAE,
     ConditionalVAE,
     GaussianMixtureVAE,
@@ -40,7 +41,7 @@ DIGEST_KEY = "sha256"
 MODEL_BUILDERS: dict[str, Callable[..., torch.nn.Module]] = {
     "VAE": VAE, "ConditionalVAE": ConditionalVAE, "GaussianMixtureVAE": GaussianMixtureVAE,
     "SemiSupervisedVAE": SemiSupervisedVAE, "CategoricalVAE": CategoricalVAE,
-    "HierarchicalVAE": HierarchicalVAE}
+    "HierarchicalVAE": HierarchicalVAE, "BayesianDecoderVAE": BayesianDecoderVAE}
 
 
 class CheckpointError(ValueError):

@@ -62,10 +62,8 @@ class PPCA:
                       likelihood_options={"sigma": self.sigma}, guide=guide,
                       encoder=IdentityEncoder(self.x_dim), decoder=decoder).to(self.dtype)
 
-    def exact_posterior_vae(self):
-        """A full-rank guide set to the exact posterior: every importance weight = p(x)."""
-        model = self._vae("full_rank")
-        guide = model.guide_family
+    def set_exact_posterior(self, guide) -> None:
+        """Set a full-rank guide on an identity encoder to the exact posterior q(z|x)."""
         chol = torch.linalg.cholesky(self.post_cov)
         with torch.no_grad():
             guide.loc_head.weight.copy_(self.post_map)
@@ -73,6 +71,11 @@ class PPCA:
             guide.diag_head.weight.zero_()
             guide.diag_head.bias.copy_(inverse_softplus(torch.diagonal(chol) - 1e-5))
             guide.offdiag_head.bias.copy_(chol[guide._rows, guide._cols])
+
+    def exact_posterior_vae(self):
+        """A full-rank guide set to the exact posterior: every importance weight = p(x)."""
+        model = self._vae("full_rank")
+        self.set_exact_posterior(model.guide_family)
         return model
 
     def mean_field_vae(self, inflate=1.0):

@@ -43,8 +43,23 @@ class MinibatchRenyiELBO(DeviceLossMixin, pyro.infer.RenyiELBO):
 
     @staticmethod
     def _common_subsample_scale(model_trace, guide_trace) -> float:
-        stacks = [set(site["cond_indep_stack"]) for trace in (model_trace, guide_trace)
-                  for site in trace.nodes.values() if site["type"] == "sample"]
+        sites = [site for trace in (model_trace, guide_trace)
+                 for site in trace.nodes.values() if site["type"] == "sample"]
+        stacks = [set(site["cond_indep_stack"]) for site in sites]
+        subsampled = {frame for stack in stacks for frame in stack
+                      if frame.full_size is not None and frame.size
+                      and frame.full_size != frame.size}
+        for site, stack in zip(sites, stacks, strict=True):
+            outside = [frame.name for frame in subsampled if frame not in stack]
+            if outside:
+                raise ValueError(
+                    f"iwae and renyi over minibatches are per-datapoint bounds, which need "
+                    f"every sample site inside the subsampled plate(s) {sorted(outside)}; "
+                    f"site {site['name']!r} is outside (a global latent variable, such as a "
+                    "Bayesian decoder's weights), and no importance-weighted bound over a "
+                    "minibatch counts it correctly. Fit such a model with 'elbo' or "
+                    "'meanfield' (they count its KL once per pass over the data), or on the "
+                    "full data in one batch.")
         scale = 1.0
         for frame in set.intersection(*stacks) if stacks else ():
             if frame.full_size is not None and frame.size and frame.full_size != frame.size:

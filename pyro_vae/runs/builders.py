@@ -25,6 +25,7 @@ from pyro_vae.inference import (
 from pyro_vae.inference.batching import JoinedSource, as_source, ordered_batches
 from pyro_vae.models import (
     VAE,
+    BayesianDecoderVAE,
     CategoricalVAE,
     GaussianMixtureVAE,
     HierarchicalVAE,
@@ -286,10 +287,28 @@ def build_hvae(config: Mapping, dataset: Dataset) -> HierarchicalVAE:
                   likelihood_options=config["likelihood_options"])
 
 
+def build_bayesian_decoder(config: Mapping, dataset: Dataset) -> BayesianDecoderVAE:
+    """A :class:`~pyro_vae.models.BayesianDecoderVAE`: the VAE's options, with priors
+    N(0, ``weight_prior_scale``^2) on the decoder's weights and a mean-field q(W)."""
+    if config["network"] != "mlp":
+        raise ConfigError("model 'bayesian_decoder' has a Bayesian MLP decoder; got network "
+                          f"{config['network']!r}. Use network = 'mlp'.")
+    return _built(BayesianDecoderVAE, "bayesian_decoder", x_dim=dataset.x_dim,
+                  z_dim=config["z_dim"], hidden=config["hidden"],
+                  activation=config["activation"],
+                  weight_prior_scale=config["weight_prior_scale"],
+                  learn_weight_prior_scale=config["learn_weight_prior_scale"],
+                  weight_init_scale=config["weight_init_scale"], prior=config["prior"],
+                  likelihood=_likelihood(config, dataset), guide=config["guide"],
+                  prior_options=config["prior_options"],
+                  likelihood_options=config["likelihood_options"],
+                  guide_options=config["guide_options"])
+
+
 #: config["model"] -> builder(config, dataset); other model families register here
 MODEL_BUILDERS: dict[str, Callable[[Mapping, Dataset], torch.nn.Module]] = {
-    "vae": build_vae, "hvae": build_hvae, "gmvae": build_gmvae, "m2": build_m2,
-    "categorical": build_categorical}
+    "vae": build_vae, "hvae": build_hvae, "bayesian_decoder": build_bayesian_decoder,
+    "gmvae": build_gmvae, "m2": build_m2, "categorical": build_categorical}
 
 
 def register_model_builder(name: str, builder: Callable[[Mapping, Dataset], torch.nn.Module]

@@ -207,6 +207,12 @@ add_option("layers", [100, 50], "hvae: sizes of the stochastic layers z_1, ..., 
 add_option("hvae_guide", "bottom_up", "hvae: bottom_up (q(z_1|x) q(z_2|z_1) ...) or top_down "
            "(the ladder VAE's guide, sharing the generative path)",
            choices=lambda: ("bottom_up", "top_down"), group="model")
+add_option("weight_prior_scale", 1.0, "bayesian_decoder: prior sd s of every decoder weight "
+           "and bias, N(0, s^2)", check=_both(positive, _finite), group="model")
+add_option("learn_weight_prior_scale", False, "bayesian_decoder: learn s per layer (type-II "
+           "maximum likelihood) instead of fixing it", group="model")
+add_option("weight_init_scale", 1e-3, "bayesian_decoder: initial sd of q(W) around PyTorch's "
+           "usual initial weights", check=_both(positive, _finite), group="model")
 add_option("num_latents", 20, "categorical: number of categorical latent variables",
            check=positive, group="model")
 add_option("labels", 100, "m2: labelled training points (balanced over classes; the others "

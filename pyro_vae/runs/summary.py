@@ -82,6 +82,11 @@ def summary_table(run: Run) -> str:
         lines.append("per layer (test): " + ", ".join(
             f"{name}: KL {_number(layer['kl'])}, active {layer['active_units']}/{layer['size']}"
             for name, layer in layers.items()))
+    weight_kl = m.get("test", {}).get("weight_kl")
+    if weight_kl is not None:
+        lines.append(f"decoder weights: KL(q(W) || p(W)) = {_number(weight_kl)} nats in all, "
+                     "in the training loss once per pass; the rows above are per datapoint "
+                     "given W ~ q(W) (predictive)")
     if any(name.endswith("*") for name, _ in columns):
         lines.append("* monitored during training (up to 1000 points, one draw, last epoch)")
     lines.append(f"status     {info.get('status', 'unknown')}")
