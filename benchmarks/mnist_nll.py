@@ -16,14 +16,17 @@ under DIR and is judged at each of ``--eval-epochs`` (test log p(x), K = ``--eva
 on ``--test-points`` images); every judgement is appended to DIR/curve.csv at once, so an
 interrupted run (a session's end, Ctrl-C) continues where it stopped when started again with
 the same command, bit for bit. ``--plain-for SPEC`` trains the plain reference on the same
-schedule beside that model. ``--plot`` draws DIR/curve.csv (test -log p(x) against epoch,
-the published values as horizontal lines) to ``--figure``.
+schedule beside that model; ``--two-layer-for SPEC`` adds Table 1's model with two
+stochastic layers (``HierarchicalVAE``, layers 100-50, bottom-up guide) trained by that
+estimator. ``--plot`` draws DIR/curve.csv (test -log p(x) against epoch, the published
+values as horizontal lines) to ``--figure``.
 
     python benchmarks/mnist_nll.py --data-dir /path/to/mnist              # short budget
     python benchmarks/mnist_nll.py --epochs 100 --test-points 10000       # longer
     python benchmarks/mnist_nll.py --device cuda --epochs 3280 --burda-schedule --test-points 10000
     python benchmarks/mnist_nll.py --curve benchmarks/results/mnist_curve --burda-schedule \
-        --eval-epochs 1 4 13 40 121 --test-points 10000 --plain-for elbo --threads 1
+        --eval-epochs 1 4 13 40 121 --test-points 10000 --plain-for elbo --threads 1 \
+        --two-layer-for iwae:k=50
     python benchmarks/mnist_nll.py --curve benchmarks/results/mnist_curve --plot
 """
 
@@ -50,6 +53,10 @@ from pyro_vae.inference import Monitoring, Optimization, fit, log_likelihood
 PUBLISHED = {"elbo": ("VAE (k=1)", 86.76), "iwae:k=5": ("IWAE k=5", 85.54),
              "iwae:k=50": ("IWAE k=50", 84.78)}
 HIDDEN, Z_DIM = (200, 200), 50
+#: Table 1, two stochastic layers (200-200 tanh, 100 units; 100-100 tanh, 50 units)
+PUBLISHED_TWO_LAYER = {"iwae:k=50": ("IWAE k=50, 2 layers", 82.90)}
+TWO_LAYERS = (100, 50)
+TWO_LAYER = "pyro-vae 2-layer"
 
 
 def burda_schedule(optimizer) -> torch.optim.lr_scheduler.LambdaLR:
@@ -195,15 +202,18 @@ def run_curves(args, device, train, probs, test) -> None:
                              "directory, or the same settings.")
     for epoch in sorted(set(args.eval_epochs)):
         for spec in args.estimators:
-            implementations = ["pyro-vae"] + (["plain"] if spec in args.plain_for else [])
+            implementations = (["pyro-vae"] + (["plain"] if spec in args.plain_for else [])
+                               + ([TWO_LAYER] if spec in args.two_layer_for else []))
             for implementation in implementations:
                 if (spec, implementation, epoch) in done:
                     continue
-                directory = root / (_slug(spec) + ("-plain" if implementation == "plain"
-                                                   else ""))
+                suffix = {"plain": "-plain", TWO_LAYER: "-2layer"}.get(implementation, "")
+                directory = root / (_slug(spec) + suffix)
                 torch.manual_seed(args.seed)
-                model = pv.VAE(784, Z_DIM, hidden=HIDDEN, activation="tanh")
-                if implementation == "pyro-vae":
+                model = (pv.HierarchicalVAE(784, TWO_LAYERS, hidden=HIDDEN, activation="tanh")
+                         if implementation == TWO_LAYER
+                         else pv.VAE(784, Z_DIM, hidden=HIDDEN, activation="tanh"))
+                if implementation != "plain":
                     resume = (directory / "checkpoint.pt").is_file()
                     result = train_pyro_vae(
                         model, train, spec, epochs=epoch, args=args, device=device,
@@ -261,6 +271,15 @@ def plot_curves(curve: Path, figure: Path) -> Path:
         ax.annotate(f"{label}: {published} (Burda et al., 3,280 epochs)", (1, published),
                     xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=7,
                     color=colors[spec])
+    for spec, (label, published) in PUBLISHED_TWO_LAYER.items():
+        points = sorted((int(r["epoch"]), float(r["test_nll"])) for r in rows
+                        if r["estimator"] == spec and r["implementation"] == TWO_LAYER)
+        if points:
+            ax.plot(*zip(*points, strict=True), "^-", color="C3", label=f"{label}, pyro-vae")
+            ax.axhline(published, color="C3", linestyle=":", linewidth=1)
+            ax.annotate(f"{label}: {published} (Burda et al.)", (1, published),
+                        xycoords=("axes fraction", "data"), ha="right", va="bottom",
+                        fontsize=7, color="C3")
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test -log p(x), nats (K = {rows[0]['eval_samples']})")
@@ -299,6 +318,9 @@ def main(argv=None) -> None:
                              "Burda et al.'s first five stages)")
     parser.add_argument("--plain-for", nargs="*", default=["elbo"], choices=list(PUBLISHED),
                         help="curve mode: models the plain reference also trains (default elbo)")
+    parser.add_argument("--two-layer-for", nargs="*", default=[], choices=list(PUBLISHED),
+                        help="curve mode: estimators that also train the two-layer model of "
+                             "Table 1 (e.g. iwae:k=50)")
     parser.add_argument("--plot", action="store_true",
                         help="curve mode: draw DIR/curve.csv to --figure and stop")
     parser.add_argument("--figure", default="benchmarks/mnist_curve.png")

@@ -85,17 +85,19 @@ def test_mnist_curves_resume_exactly_and_plot(tmp_path, capsys):
     finally:
         sys.path.remove(str(BENCHMARKS))
     common = ["--data-dir", str(SHARED_MNIST), "--train-points", "200", "--test-points", "10",
-              "--eval-samples", "5", "--burda-schedule", "--estimators", "elbo"]
+              "--eval-samples", "5", "--burda-schedule", "--estimators", "elbo",
+              "--two-layer-for", "elbo"]
     mnist_nll.main([*common, "--curve", str(tmp_path / "a"), "--eval-epochs", "1"])
     mnist_nll.main([*common, "--curve", str(tmp_path / "a"), "--eval-epochs", "1", "2"])
     mnist_nll.main([*common, "--curve", str(tmp_path / "b"), "--eval-epochs", "2"])
     resumed = mnist_nll.read_curve(tmp_path / "a" / "curve.csv")
     whole = mnist_nll.read_curve(tmp_path / "b" / "curve.csv")
     assert [(r["implementation"], r["epoch"]) for r in resumed] == [
-        ("pyro-vae", "1"), ("plain", "1"), ("pyro-vae", "2"), ("plain", "2")]
-    assert [r["test_nll"] for r in resumed[2:]] == [r["test_nll"] for r in whole]
+        ("pyro-vae", "1"), ("plain", "1"), ("pyro-vae 2-layer", "1"),
+        ("pyro-vae", "2"), ("plain", "2"), ("pyro-vae 2-layer", "2")]
+    assert [r["test_nll"] for r in resumed[3:]] == [r["test_nll"] for r in whole]
     with pytest.raises(SystemExit, match="K=5; this command asks for 10 and K=7"):
-        mnist_nll.main([*common[:-7], "--test-points", "10", "--eval-samples", "7",
+        mnist_nll.main([*common[:-9], "--test-points", "10", "--eval-samples", "7",
                         "--estimators", "elbo", "--curve", str(tmp_path / "a")])
     figure = tmp_path / "curve.png"
     mnist_nll.main(["--curve", str(tmp_path / "a"), "--plot", "--figure", str(figure)])
