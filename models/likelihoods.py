@@ -122,16 +122,36 @@ def normal_log_density(value: torch.Tensor, loc: torch.Tensor,
 
 
 class BernoulliLikelihood(Likelihood):
-    """x_d ~ Bernoulli(sigmoid(theta_d)), for binary data."""
+    """x_d ~ Bernoulli(sigmoid(theta_d)), for binary data.
+
+    ``grey_levels=True`` also accepts values in [0, 1] and scores them by the Bernoulli
+    cross-entropy sum_d [x_d log mu_d + (1 - x_d) log(1 - mu_d)], as Pyro's VAE examples and
+    Kingma et al. (2014) do with grey-level MNIST. That is not a normalised density on [0, 1]
+    (``continuous_bernoulli`` is), so a "log p(x)" of grey-level data under it is a score,
+    comparable only between models with this same likelihood; its draws are still binary.
+    """
 
     support = "binary values in {0, 1}"
     _fix_hint = ("Binarize the data (e.g. (x > 0.5).float(), or load_dataset(..., "
-                 "binarize=True)), or use likelihood='continuous_bernoulli' for values in [0, 1].")
+                 "binarize=True)), or use likelihood='continuous_bernoulli' for values in [0, 1] "
+                 "(or likelihood_options grey_levels=true for the Bernoulli cross-entropy).")
+
+    def __init__(self, x_dim: int, grey_levels: bool = False):
+        super().__init__(x_dim)
+        if not isinstance(grey_levels, bool):
+            raise TypeError(f"grey_levels must be true or false; got {grey_levels!r}")
+        self.grey_levels = grey_levels
+        if grey_levels:
+            self.support = "values in the interval [0, 1] (grey levels)"
 
     def distribution(self, theta):
-        return dist.Bernoulli(logits=theta).to_event(1)
+        # grey levels are outside a Bernoulli's support: its validation would refuse them
+        return dist.Bernoulli(logits=theta,
+                              validate_args=False if self.grey_levels else None).to_event(1)
 
     def _outside_support(self, x):
+        if self.grey_levels:
+            return ~((x >= 0) & (x <= 1))
         return (x != 0) & (x != 1)
 
 

@@ -29,7 +29,8 @@ PRIORS: dict[str, Callable[..., priors.Prior]] = {
 }
 
 LIKELIHOODS: dict[str, Callable[..., likelihoods.Likelihood]] = {
-    "bernoulli": lambda x_dim, **kw: likelihoods.BernoulliLikelihood(x_dim),
+    "bernoulli": lambda x_dim, grey_levels=False, **kw: likelihoods.BernoulliLikelihood(
+        x_dim, grey_levels),
     "continuous_bernoulli": lambda x_dim, **kw: likelihoods.ContinuousBernoulliLikelihood(x_dim),
     "normal": lambda x_dim, sigma=1.0, **kw: likelihoods.NormalLikelihood(x_dim, "fixed", sigma),
     "normal_learned": lambda x_dim, sigma=1.0, **kw: likelihoods.NormalLikelihood(

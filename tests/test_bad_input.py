@@ -78,3 +78,19 @@ def test_non_finite_loss_names_epoch_and_step():
         model.decoder[-1].bias.fill_(float("inf"))
     with pytest.raises(pv.NonFiniteLossError, match="epoch 1, step 1"):
         pv.fit(model, torch.zeros(8, 4), batch_size=4, quiet=True)
+
+
+def test_bernoulli_grey_levels_is_the_cross_entropy_and_an_explicit_choice():
+    """Grey levels are refused by the Bernoulli unless asked for; with ``grey_levels`` the
+    score is sum_d x_d log mu_d + (1 - x_d) log(1 - mu_d), Pyro's examples' objective."""
+    grey = pv.load_dataset("digits", binarize="none").train[:20]
+    with pytest.raises(pv.DataSupportError, match="grey_levels=true"):
+        pv.VAE(64, 2, hidden=(8,)).check_data(grey)
+    model = pv.VAE(64, 2, hidden=(8,), likelihood_options={"grey_levels": True})
+    model.check_data(grey)
+    logits = torch.randn(20, 64)
+    mu = torch.sigmoid(logits)
+    expected = (grey * mu.log() + (1 - grey) * (1 - mu).log()).sum(-1)
+    torch.testing.assert_close(model.likelihood.distribution(logits).log_prob(grey), expected)
+    with pytest.raises(pv.DataSupportError, match=r"values in the interval \[0, 1\]"):
+        model.check_data(grey * 2)

@@ -66,3 +66,4 @@ def test_a_missing_group_is_a_clear_error(digits):
                                  predictive=False)
     with pytest.raises(ValueError, match="no 'posterior_predictive' group"):
         ppc_statistics(idata)
+
