@@ -12,7 +12,7 @@ process, unchanged except for what this machine requires, printed before the tab
   local IDX files (``--data-dir``), with the images thresholded at 0.5 as pyro-vae's
   ``--binarize threshold`` (``--binarize none`` keeps the examples' grey levels, and
   pyro-vae then scores them as they do, by the Bernoulli cross-entropy:
-  ``--binarize none --likelihood-option grey_levels=true``);
+  ``--binarize none --likelihood bernoulli --likelihood-option grey_levels=true``);
 * their figures are off: ``utils.vae_plots`` needs seaborn and visdom, which are not
   installed, and draw nothing the table uses;
 * they assert Pyro 1.9.1; the installed 1.9.x is let through.
@@ -206,6 +206,7 @@ def run_pyro_example(example: str, examples_dir: Path, runner: Path, shim: Path,
                                        [str(shim), env.get("PYTHONPATH", "")])})
         for text in process.stdout:
             lines.append((time.perf_counter() - started, text.rstrip()))
+            print(f"  {lines[-1][0]:8.1f} s | {lines[-1][1]}", flush=True)   # the record
         if process.wait() != 0:
             tail = "\n".join(text for _, text in lines[-15:])
             raise SystemExit(f"Pyro's {SCRIPTS[example]} failed:\n{tail}")
@@ -215,7 +216,8 @@ def run_pyro_example(example: str, examples_dir: Path, runner: Path, shim: Path,
 def run_pyro_vae(example: str, data_dir: str, epochs: int, binarize: str, out: Path,
                  env: dict) -> dict:
     """The same configuration through ``pyro-vae train``; numbers from the run directory."""
-    grey = ["--likelihood-option", "grey_levels=true"] if binarize == "none" else []
+    grey = (["--likelihood", "bernoulli", "--likelihood-option", "grey_levels=true"]
+            if binarize == "none" else [])
     command = [sys.executable, "-m", "pyro_vae", "train", "--dataset", "mnist", "--data-dir",
                data_dir, "--binarize", binarize, *grey, "--epochs", str(epochs), "--eval-samples",
                "10", "--no-figures", "--quiet", "--out", str(out), *PYRO_VAE_FLAGS[example]]
