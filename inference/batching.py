@@ -81,6 +81,58 @@ class JoinedSource:
         return self.sources[0].device
 
 
+class LabelledInEveryBatch:
+    """Stratified batches for semi-supervised training: an epoch runs over the rows whose
+    label is missing (-1), and every batch also gets ``per_batch`` of the labelled rows,
+    drawn at random without replacement (torch's global generator) each time.
+
+    ``source`` gives ``(x, labels)`` batches. ``len`` is the number of unlabelled rows (the
+    epoch); ``num_datapoints`` is all of them, N = n_u + n_l, the size the model's objective
+    sums over. A model fitted on it scales its unlabelled rows by n_u / B_u and its labelled
+    rows by n_l / per_batch, so every batch estimates the full objective without bias
+    (:class:`~pyro_vae.models.SemiSupervisedVAE` with ``labelled_per_batch``).
+    """
+
+    def __init__(self, source, per_batch: int):
+        self.source = as_source(source)
+        if isinstance(per_batch, bool) or not isinstance(per_batch, int) or per_batch < 1:
+            raise ValueError(f"per_batch (labelled rows in every batch) must be a positive "
+                             f"integer; got {per_batch!r}")
+        labels = self.source.get(torch.arange(len(self.source),
+                                              device=self.source.device))[-1]
+        self.unlabelled = (labels < 0).nonzero().flatten()
+        self.labelled = (labels >= 0).nonzero().flatten()
+        if len(self.labelled) < per_batch:
+            raise ValueError(f"{per_batch} labelled rows per batch, but the data hold "
+                             f"{len(self.labelled)} labelled rows; use at most that many")
+        if not len(self.unlabelled):
+            raise ValueError("every row is labelled: train on the plain source instead")
+        self.per_batch = per_batch
+        self.num_datapoints = len(self.source)
+
+    def __len__(self) -> int:
+        return len(self.unlabelled)
+
+    def get(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        draw = torch.randperm(len(self.labelled))[:self.per_batch].to(self.labelled.device)
+        rows = torch.cat([self.unlabelled[index.to(self.unlabelled.device)],
+                          self.labelled[draw]])
+        return self.source.get(rows.to(self.source.device))
+
+    def to(self, device) -> LabelledInEveryBatch:
+        return LabelledInEveryBatch(self.source.to(device), self.per_batch)
+
+    def first(self) -> torch.Tensor:
+        return first_tensor(self.source)
+
+    def identity(self) -> torch.Tensor:
+        return identity_tensor(self.source)
+
+    @property
+    def device(self) -> torch.device:
+        return self.source.device
+
+
 def as_source(data) -> TensorSource:
     """Turn a tensor, a tuple/list of tensors, or a batch source into a batch source."""
     if isinstance(data, torch.Tensor):

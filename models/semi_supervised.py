@@ -70,7 +70,7 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
                  activation: str = "relu", alpha: float = 0.1,
                  num_labelled: int | None = None, aux_weight: float | None = None,
                  likelihood_options: dict | None = None, guide_options: dict | None = None,
-                 baseline_hidden: Sequence[int] = (64,)):
+                 baseline_hidden: Sequence[int] = (64,), labelled_per_batch: int = 0):
         super().__init__()
         self.x_dim = check_positive_int(x_dim, "x_dim")
         self.z_dim = check_positive_int(z_dim, "z_dim")
@@ -87,6 +87,14 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
                              f"must be >= 0; got {aux_weight!r}. Pyro's ss_vae_M2 uses 46.")
         self.num_labelled = num_labelled
         self.aux_weight = None if aux_weight is None else float(aux_weight)
+        if isinstance(labelled_per_batch, bool) or not isinstance(labelled_per_batch, int) \
+                or labelled_per_batch < 0:
+            raise ValueError(f"labelled_per_batch must be a non-negative integer (0: labelled "
+                             f"points mixed into the batches); got {labelled_per_batch!r}")
+        if labelled_per_batch and num_labelled is None:
+            raise ValueError("labelled_per_batch scales the labelled rows by n_l / "
+                             "labelled_per_batch: give num_labelled=n_l as well")
+        self.labelled_per_batch = labelled_per_batch
         hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
         self.classifier = MLP(x_dim, hidden, num_classes, activation)
         encoder = MLPEncoder(x_dim + num_classes, hidden, activation)
@@ -101,7 +109,7 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
             "class": "SemiSupervisedVAE", "x_dim": x_dim, "num_classes": num_classes,
             "z_dim": z_dim, "likelihood": likelihood, "guide": guide, "hidden": list(hidden),
             "activation": activation, "alpha": self.alpha, "num_labelled": num_labelled,
-            "aux_weight": self.aux_weight,
+            "aux_weight": self.aux_weight, "labelled_per_batch": labelled_per_batch,
             "likelihood_options": dict(likelihood_options or {}),
             "guide_options": dict(guide_options or {}),
             "baseline_hidden": list(baseline_hidden)}
@@ -111,6 +119,9 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
     def model(self, x: torch.Tensor, labels: torch.Tensor | None = None,
               num_data: int | None = None) -> None:
         labels = check_labels(labels, len(x), self.num_classes, x.device)
+        if self._stratified(labels):
+            self._stratified_model(x, labels, num_data)
+            return
         with data_plate(x, num_data):
             y = pyro.sample("y", dist.OneHotCategorical(logits=x.new_zeros(self.num_classes)))
             z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim),
@@ -128,10 +139,79 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
     def guide(self, x: torch.Tensor, labels: torch.Tensor | None = None,
               num_data: int | None = None) -> None:
         labels = check_labels(labels, len(x), self.num_classes, x.device)
+        if self._stratified(labels):
+            labelled = labels >= 0
+            if not bool(labelled.all()):
+                with data_plate(x[~labelled], self._unlabelled_count(num_data)):
+                    self._guide_rows(x[~labelled], None)
+            with self._labelled_plate(int(labelled.sum()), num_data):
+                self.guide_family(concat_broadcast(
+                    x[labelled], self._one_hot(labels[labelled], x)), name="z_labelled")
+            return
         with data_plate(x, num_data):
-            logits = pin_to_labels(self.classifier(x), labels)
-            y = pyro.sample("y", dist.OneHotCategorical(logits=logits))
-            self.guide_family(concat_broadcast(x, y))
+            self._guide_rows(x, labels)
+
+    def _guide_rows(self, x: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """q(y | x) (pinned to the labels where given) and q(z | x, y), in the data plate."""
+        logits = pin_to_labels(self.classifier(x), labels)
+        y = pyro.sample("y", dist.OneHotCategorical(logits=logits))
+        self.guide_family(concat_broadcast(x, y))
+
+    # ---- stratified batches: labelled rows in every batch ---------------------------------
+    def _stratified(self, labels: torch.Tensor | None) -> bool:
+        """Whether this call trains on a stratified batch (see ``labelled_per_batch``)."""
+        if not (self.training and self.labelled_per_batch and labels is not None):
+            return False
+        count = int((labels >= 0).sum())
+        if count != self.labelled_per_batch:
+            raise ValueError(
+                f"the model was built with labelled_per_batch={self.labelled_per_batch} "
+                f"(labelled rows scaled by n_l / {self.labelled_per_batch}), but this training "
+                f"batch holds {count} labelled rows. Fit it on "
+                "LabelledInEveryBatch(data, per_batch=labelled_per_batch), or build it with "
+                "labelled_per_batch=0 to mix the labelled points into the batches.")
+        return True
+
+    def _labelled_plate(self, size: int, num_data: int | None) -> pyro.plate:
+        """The ``"labelled"`` plate over ``size`` rows: scale n_l / size when ``num_data`` is
+        given (a training step), none otherwise (as ``data_plate``)."""
+        if num_data is None:
+            return pyro.plate("labelled", size)
+        return pyro.plate("labelled", self.num_labelled, subsample_size=size,
+                          subsample=torch.arange(size, device=self._reference().device))
+
+    def _unlabelled_count(self, num_data: int | None) -> int | None:
+        return None if num_data is None else num_data - self.num_labelled
+
+    def _one_hot(self, labels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return one_hot_table(self.num_classes, like)[labels]
+
+    def _stratified_model(self, x: torch.Tensor, labels: torch.Tensor,
+                          num_data: int | None) -> None:
+        """The same objective as :meth:`model`, estimated from a stratified batch: the rows
+        without a label in the ``"data"`` plate (n_u = N - n_l of them, scale n_u / B_u), the
+        labelled rows in a ``"labelled"`` plate (scale n_l / B_l) with y observed there, so
+        L(x, y) and the auxiliary term w log q(y | x) are summed exactly as before. Without
+        ``num_data`` both plates are unscaled, as :func:`data_plate` is."""
+        labelled = labels >= 0
+        prior_y = dist.OneHotCategorical(logits=x.new_zeros(self.num_classes))
+        prior_z = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)
+        if not bool(labelled.all()):
+            rows = x[~labelled]
+            with data_plate(rows, self._unlabelled_count(num_data)):
+                y = pyro.sample("y", prior_y)
+                z = pyro.sample("z", prior_z)
+                self.likelihood(self.decoder(concat_broadcast(z, y)), rows)
+        rows, classes = x[labelled], labels[labelled]
+        with self._labelled_plate(len(rows), num_data):
+            y = pyro.sample("y_labelled", prior_y, obs=self._one_hot(classes, x))
+            z = pyro.sample("z_labelled", prior_z)
+            self.likelihood(self.decoder(concat_broadcast(z, y)), rows, name="x_labelled")
+            weight = self.labelled_weight(len(x) if num_data is None else num_data)
+            if weight > 0:
+                log_q = torch.log_softmax(self.classifier(rows), -1).gather(
+                    -1, classes.unsqueeze(-1)).squeeze(-1)
+                pyro.factor("classification", weight * log_q)
 
     def labelled_weight(self, num_data: int) -> float:
         """w, the weight of each labelled point's log q(y | x) in the training objective:

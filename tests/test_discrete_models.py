@@ -250,3 +250,51 @@ def test_m2_auxiliary_weight_per_labelled_point_is_unbiased(binary_digits):
     assert pyros.labelled_weight(50000) == 46.0
     with pytest.raises(ValueError, match="num_labelled"):
         SemiSupervisedVAE(64, 10, z_dim=2, hidden=[8]).model(x[:10], labels[:10], num_data=n)
+
+
+def test_m2_stratified_batches_estimate_the_same_objective_exactly(binary_digits):
+    """Labelled rows in every batch (``labelled_per_batch``, ``LabelledInEveryBatch``): the
+    unlabelled rows scaled by n_u / B_u, the labelled by n_l / B_l. Averaged over every
+    unlabelled batch of a pass and every choice of B_l labelled rows, the loss is the
+    full-data objective of the mixed model (auxiliary term included), to float rounding,
+    with every draw of z fixed at its guide mean (noise 0) so that both are deterministic."""
+    from itertools import combinations
+
+    from pyro.poutine.messenger import Messenger
+
+    from pyro_vae.inference.batching import LabelledInEveryBatch
+    from pyro_vae.inference.estimators import make_estimator
+    from pyro_vae.inference.log_densities import unwrap_distribution
+
+    class AtTheMean(Messenger):
+        def _pyro_sample(self, msg):
+            if msg["name"] in ("z", "z_labelled"):
+                msg["value"] = unwrap_distribution(msg["fn"]).loc
+
+    n, labelled_rows, per_batch = 12, [0, 3, 6, 9], 2
+    x = binary_digits.train[:n].double()
+    labels = torch.full((n,), -1)
+    labels[labelled_rows] = binary_digits.train_labels[labelled_rows] % 3
+    torch.manual_seed(0)
+    mixed = SemiSupervisedVAE(64, 3, z_dim=2, hidden=[5], alpha=0.3, num_labelled=4).double()
+    stratified = SemiSupervisedVAE(64, 3, z_dim=2, hidden=[5], alpha=0.3, num_labelled=4,
+                                   labelled_per_batch=per_batch).double()
+    stratified.load_state_dict(mixed.state_dict())
+    elbo = make_estimator("enum")
+    full = elbo.loss(mixed.model, AtTheMean()(mixed.guide), x, labels, num_data=n)
+    unlabelled = [i for i in range(n) if i not in labelled_rows]
+    losses = [elbo.loss(stratified.model, AtTheMean()(stratified.guide), x[rows], labels[rows],
+                        num_data=n)
+              for half in (unlabelled[:4], unlabelled[4:])
+              for pair in combinations(labelled_rows, per_batch)
+              for rows in [torch.tensor(half + list(pair))]]
+    assert sum(losses) / len(losses) == pytest.approx(full, rel=1e-9)
+
+    source = LabelledInEveryBatch((x, labels), per_batch)
+    assert (len(source), source.num_datapoints) == (8, 12)
+    batch_x, batch_labels = source.get(torch.arange(3))
+    assert len(batch_x) == 5 and int((batch_labels >= 0).sum()) == per_batch
+    with pytest.raises(ValueError, match="holds 4 labelled rows"):
+        stratified.model(x[:10], labels[:10], num_data=n)
+    result = fit(stratified, source, estimator="enum", epochs=1, batch_size=4, quiet=True)
+    assert math.isfinite(result.history[-1]["loss"])

@@ -59,7 +59,9 @@ class Fit(ResumableFit, NonFiniteGuard):
             getattr(elbo, "device_loss_and_grads", None))
         self.n = len(source)
         self.steps_per_epoch = math.ceil(self.n / batch_size)
-        self.step_kwargs = {"num_data": self.n} if scaled else {}
+        # N, the objective's size: the epoch's length unless a stratified source says more
+        self.num_data = getattr(source, "num_datapoints", self.n)
+        self.step_kwargs = {"num_data": self.num_data} if scaled else {}
         self.current_beta = beta
         # progress: completed epochs, batches processed (global), and the unfinished epoch
         self.epoch, self.step, self.skipped_steps = 0, 0, 0
@@ -130,7 +132,8 @@ class Fit(ResumableFit, NonFiniteGuard):
             torch.nn.utils.clip_grads_with_norm_(params, self.clip_norm, grad_norm)
         optimizer.step()
         # a scaled batch loss estimates the full-data sum: weight it by its share b/N
-        self.loss_sum = self.loss_sum + loss * (global_size / self.n if self.scaled else 1.0)
+        self.loss_sum = self.loss_sum + loss * (global_size / self.num_data if self.scaled
+                                                else 1.0)
         self.seen += global_size
 
     def _finite_check(self, loss) -> tuple[list, torch.Tensor | None, bool, bool]:

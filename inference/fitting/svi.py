@@ -157,7 +157,11 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
         if _stateful(callback):
             schedules.setdefault(f"callback_{index}", callback)
     scaled = accepts_num_data(model)
-    step_kwargs = {"num_data": n} if scaled else {}
+    if parallel is not None and hasattr(source, "num_datapoints"):
+        raise ValueError("stratified batches (a source with num_datapoints, e.g. "
+                         "LabelledInEveryBatch) train in one process; drop the distributed "
+                         "options or the stratified source")
+    step_kwargs = {"num_data": getattr(source, "num_datapoints", n)} if scaled else {}
     eager_reason = compilation_obstacle(elbo, model, source.get(monitor_index[:2]), step_kwargs,
                                         distributed=parallel is not None)
     # the keys are those of 0.1's keyword arguments: checkpoints written then still resume
@@ -166,7 +170,8 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
                 "lr_schedule": None if lr_scheduler is None else type(lr_scheduler).__name__,
                 "seed": seed, "device": str(device), "beta": kl.beta,
                 "beta_warmup_epochs": kl.warmup_epochs, "clip_norm": optimization.clip_norm,
-                "num_data": n, "minibatch_scaled": scaled, "max_seconds": max_seconds,
+                "num_data": step_kwargs.get("num_data", n), "minibatch_scaled": scaled,
+                "max_seconds": max_seconds,
                 "monitor_size": monitor_size, "vectorize_particles": vectorize_particles,
                 "nonfinite": policy.action, "max_skipped_steps": policy.max_skipped_steps,
                 "world_size": 1 if parallel is None else parallel.world_size,

@@ -22,7 +22,12 @@ from pyro_vae.inference import (
     enumeration_plan,
     parse_estimator,
 )
-from pyro_vae.inference.batching import JoinedSource, as_source, ordered_batches
+from pyro_vae.inference.batching import (
+    JoinedSource,
+    LabelledInEveryBatch,
+    as_source,
+    ordered_batches,
+)
 from pyro_vae.models import (
     VAE,
     BayesianDecoderVAE,
@@ -128,6 +133,7 @@ def build_m2(config: Mapping, dataset: Dataset) -> SemiSupervisedVAE:
                   activation=config["activation"], alpha=config["alpha"],
                   num_labelled=max(1, min(config["labels"], len(dataset.train))),
                   aux_weight=config["aux_weight"] or None,
+                  labelled_per_batch=config["labelled_batch_size"],
                   likelihood_options=config["likelihood_options"],
                   guide_options=config["guide_options"])
 
@@ -204,7 +210,14 @@ def training_data(config: Mapping, dataset: Dataset):
                                       config["data_seed"])
     except ValueError as error:
         raise ConfigError(f"--labels {config['labels']}: {error}") from None
-    return JoinedSource(dataset.train, kept)
+    joined = JoinedSource(dataset.train, kept)
+    if config["labelled_batch_size"]:
+        try:
+            return LabelledInEveryBatch(joined, config["labelled_batch_size"])
+        except ValueError as error:
+            raise ConfigError(f"--labelled-batch-size {config['labelled_batch_size']}: "
+                              f"{error}") from None
+    return joined
 
 
 def evaluation_labels(model, dataset: Dataset, split: str) -> torch.Tensor | None:

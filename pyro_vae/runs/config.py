@@ -223,6 +223,10 @@ add_option("alpha", 0.1, "m2: weight of the auxiliary classification term, Kingm
 add_option("aux_weight", 0.0, "m2: the weight of each labelled point's log q(y|x) directly "
            "(Pyro's ss_vae_M2 --aux-loss-multiplier, 46 there); 0: from --alpha",
            check=_both(non_negative, _finite), group="model")
+add_option("labelled_batch_size", 0, "m2: labelled rows added to every batch (drawn at random "
+           "each step; the epoch runs over the unlabelled rows, each part scaled to its own "
+           "count, the objective unchanged); 0: the labelled points mixed into the batches",
+           check=non_negative, group="model")
 add_option("hidden", [256], "hidden layer widths, e.g. 512,256", kind="int_list",
            check=_check_hidden, group="model")
 add_option("activation", "relu", "activation function", choices=_activation_names,
