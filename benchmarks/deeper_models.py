@@ -1,6 +1,7 @@
 """Deeper models at one budget: the one-layer VAE, the hierarchical VAE (bottom-up and
-top-down guides) and the Bayesian decoder, each trained by ``pyro-vae train`` with the same
-networks, optimiser and epochs, judged by test log p(x) with K = 5000.
+top-down guides; the top-down one also with free bits, which keeps it from collapsing) and
+the Bayesian decoder, each trained by ``pyro-vae train`` with the same networks, optimiser
+and epochs (the ELBO, free bits where named), judged by test log p(x) with K = 5000.
 
 Each model is one run directory under ``--out``; a finished run (``metrics.json`` with a
 test log p(x)) is not trained again, so the same command continues an interrupted table.
@@ -26,6 +27,9 @@ MODELS = {
     "vae": ("VAE, one layer", ["--model", "vae"]),
     "hvae_bu": ("hierarchical, bottom-up", ["--model", "hvae", "--hvae-guide", "bottom_up"]),
     "hvae_td": ("hierarchical, top-down", ["--model", "hvae", "--hvae-guide", "top_down"]),
+    "hvae_td_freebits": ("hierarchical, top-down, free bits 0.25",
+                         ["--model", "hvae", "--hvae-guide", "top_down",
+                          "--estimator", "freebits:lambda=0.25"]),
     "bayes_decoder": ("Bayesian decoder", ["--model", "bayesian_decoder"]),
 }
 

@@ -70,7 +70,8 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
                  activation: str = "relu", alpha: float = 0.1,
                  num_labelled: int | None = None, aux_weight: float | None = None,
                  likelihood_options: dict | None = None, guide_options: dict | None = None,
-                 baseline_hidden: Sequence[int] = (64,), labelled_per_batch: int = 0):
+                 baseline_hidden: Sequence[int] = (64,), labelled_per_batch: int = 0,
+                 balance_labelled: bool = False):
         super().__init__()
         self.x_dim = check_positive_int(x_dim, "x_dim")
         self.z_dim = check_positive_int(z_dim, "z_dim")
@@ -95,6 +96,10 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
             raise ValueError("labelled_per_batch scales the labelled rows by n_l / "
                              "labelled_per_batch: give num_labelled=n_l as well")
         self.labelled_per_batch = labelled_per_batch
+        if balance_labelled and not labelled_per_batch:
+            raise ValueError("balance_labelled weighs the labelled rows of stratified batches; "
+                             "give labelled_per_batch > 0 as well")
+        self.balance_labelled = bool(balance_labelled)
         hidden = [check_positive_int(h, "hidden layer width") for h in hidden]
         self.classifier = MLP(x_dim, hidden, num_classes, activation)
         encoder = MLPEncoder(x_dim + num_classes, hidden, activation)
@@ -110,6 +115,7 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
             "z_dim": z_dim, "likelihood": likelihood, "guide": guide, "hidden": list(hidden),
             "activation": activation, "alpha": self.alpha, "num_labelled": num_labelled,
             "aux_weight": self.aux_weight, "labelled_per_batch": labelled_per_batch,
+            "balance_labelled": self.balance_labelled,
             "likelihood_options": dict(likelihood_options or {}),
             "guide_options": dict(guide_options or {}),
             "baseline_hidden": list(baseline_hidden)}
@@ -174,10 +180,12 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
 
     def _labelled_plate(self, size: int, num_data: int | None) -> pyro.plate:
         """The ``"labelled"`` plate over ``size`` rows: scale n_l / size when ``num_data`` is
-        given (a training step), none otherwise (as ``data_plate``)."""
+        given (a training step), n_u / size with ``balance_labelled``, none without
+        ``num_data`` (as ``data_plate``)."""
         if num_data is None:
             return pyro.plate("labelled", size)
-        return pyro.plate("labelled", self.num_labelled, subsample_size=size,
+        full = num_data - self.num_labelled if self.balance_labelled else self.num_labelled
+        return pyro.plate("labelled", full, subsample_size=size,
                           subsample=torch.arange(size, device=self._reference().device))
 
     def _unlabelled_count(self, num_data: int | None) -> int | None:
@@ -192,7 +200,10 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
         without a label in the ``"data"`` plate (n_u = N - n_l of them, scale n_u / B_u), the
         labelled rows in a ``"labelled"`` plate (scale n_l / B_l) with y observed there, so
         L(x, y) and the auxiliary term w log q(y | x) are summed exactly as before. Without
-        ``num_data`` both plates are unscaled, as :func:`data_plate` is."""
+        ``num_data`` both plates are unscaled, as :func:`data_plate` is. ``balance_labelled``
+        changes the objective on purpose: the labelled rows weigh n_u / n_l times more
+        (scale n_u / B_l), sum_u U + (n_u / n_l) sum_l [L + w log q], as implementations
+        that average a labelled and an unlabelled batch per step do."""
         labelled = labels >= 0
         prior_y = dist.OneHotCategorical(logits=x.new_zeros(self.num_classes))
         prior_z = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)

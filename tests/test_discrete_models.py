@@ -290,6 +290,21 @@ def test_m2_stratified_batches_estimate_the_same_objective_exactly(binary_digits
               for rows in [torch.tensor(half + list(pair))]]
     assert sum(losses) / len(losses) == pytest.approx(full, rel=1e-9)
 
+    def mean_loss(model, halves):
+        values = [elbo.loss(model.model, AtTheMean()(model.guide), x[rows], labels[rows],
+                            num_data=n)
+                  for half in halves for pair in combinations(labelled_rows, per_batch)
+                  for rows in [torch.tensor(half + list(pair))]]
+        return sum(values) / len(values)
+
+    # balance_labelled: the labelled part (L and the auxiliary term) weighs n_u / n_l = 2 times
+    labelled_part = mean_loss(stratified, [[]])
+    balanced = SemiSupervisedVAE(64, 3, z_dim=2, hidden=[5], alpha=0.3, num_labelled=4,
+                                 labelled_per_batch=per_batch, balance_labelled=True).double()
+    balanced.load_state_dict(mixed.state_dict())
+    assert mean_loss(balanced, [unlabelled[:4], unlabelled[4:]]) == pytest.approx(
+        full + (8 / 4 - 1) * labelled_part, rel=1e-9)
+
     source = LabelledInEveryBatch((x, labels), per_batch)
     assert (len(source), source.num_datapoints) == (8, 12)
     batch_x, batch_labels = source.get(torch.arange(3))

@@ -134,6 +134,7 @@ def build_m2(config: Mapping, dataset: Dataset) -> SemiSupervisedVAE:
                   num_labelled=max(1, min(config["labels"], len(dataset.train))),
                   aux_weight=config["aux_weight"] or None,
                   labelled_per_batch=config["labelled_batch_size"],
+                  balance_labelled=config["balance_labelled"],
                   likelihood_options=config["likelihood_options"],
                   guide_options=config["guide_options"])
 

@@ -227,6 +227,10 @@ add_option("labelled_batch_size", 0, "m2: labelled rows added to every batch (dr
            "each step; the epoch runs over the unlabelled rows, each part scaled to its own "
            "count, the objective unchanged); 0: the labelled points mixed into the batches",
            check=non_negative, group="model")
+add_option("balance_labelled", False, "m2 with --labelled-batch-size: weigh the labelled rows "
+           "like the unlabelled ones (n_u / n_l times Kingma et al.'s weight), as "
+           "implementations averaging a labelled and an unlabelled batch per step do",
+           group="model")
 add_option("hidden", [256], "hidden layer widths, e.g. 512,256", kind="int_list",
            check=_check_hidden, group="model")
 add_option("activation", "relu", "activation function", choices=_activation_names,
