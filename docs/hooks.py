@@ -10,8 +10,9 @@
   code. Only that public function is used: subcommands are found on the parser itself, not by
   importing the modules that define them.
 * **Benchmarks.** ``docs/benchmarks.md`` holds the marker ``<!-- benchmarks-readme -->``; it is
-  replaced by ``benchmarks/README.md`` (headings one level down), the one source of the
-  benchmark tables.
+  replaced by ``benchmarks/README.md`` (headings one level down, its links to ``../docs/``
+  pages and to its own figures rewritten for the site, the figures added to it), the one
+  source of the benchmark tables.
 * **API reference sources.** ``pyro_vae.models`` and ``pyro_vae.inference`` live in the
   top-level folders ``models/`` and ``inference/`` (``[tool.setuptools.package-dir]`` in
   pyproject.toml), which griffe, reading the source statically, cannot find below
@@ -105,6 +106,10 @@ def on_files(files, config):
         files.append(File(f"notebooks/{path.name}", src_dir=str(ROOT),
                           dest_dir=config["site_dir"],
                           use_directory_urls=config["use_directory_urls"]))
+    for path in sorted(BENCHMARKS_README.parent.glob("*.png")):   # the README's figures
+        files.append(File(f"benchmarks/{path.name}", src_dir=str(ROOT),
+                          dest_dir=config["site_dir"],
+                          use_directory_urls=config["use_directory_urls"]))
     return files
 
 
@@ -150,6 +155,9 @@ def cli_reference() -> str:
     return "\n".join(parts)
 
 
+_README_FIGURE = re.compile(r"\]\(([\w.-]+\.png)\)")
+
+
 def benchmarks_readme() -> str:
     """``benchmarks/README.md`` with its headings one level down (not inside code blocks)."""
     lines, fence = [], None
@@ -159,8 +167,11 @@ def benchmarks_readme() -> str:
             fence = stripped[:3]
         elif fence is not None and stripped.startswith(fence):
             fence = None
-        elif fence is None and line.startswith("#"):
-            line = "#" + line
+        elif fence is None:
+            if line.startswith("#"):
+                line = "#" + line
+            # links relative to benchmarks/: its figures, and pages of docs/
+            line = _README_FIGURE.sub(r"](benchmarks/\1)", line.replace("](../docs/", "]("))
         lines.append(line)
     return "\n".join(lines) + "\n"
 
