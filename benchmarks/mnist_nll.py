@@ -268,14 +268,14 @@ def plot_curves(curve: Path, figure: Path) -> Path:
                         label=f"{label}, {implementation}", alpha=1 if implementation ==
                         "pyro-vae" else 0.6)
         ax.axhline(published, color=colors[spec], linestyle=":", linewidth=1,
-                   label=f"{label}: {published}, Burda et al. (3,280 epochs)")
+                   label=f"{label}: {published:.2f}, Burda et al. (3,280 epochs)")
     for spec, (label, published) in PUBLISHED_TWO_LAYER.items():
         points = sorted((int(r["epoch"]), float(r["test_nll"])) for r in rows
                         if r["estimator"] == spec and r["implementation"] == TWO_LAYER)
         if points:
             ax.plot(*zip(*points, strict=True), "^-", color="C3", label=f"{label}, pyro-vae")
             ax.axhline(published, color="C3", linestyle=":", linewidth=1,
-                       label=f"{label}: {published}, Burda et al. (3,280 epochs)")
+                       label=f"{label}: {published:.2f}, Burda et al. (3,280 epochs)")
     ax.set_xscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"test -log p(x), nats (K = {rows[0]['eval_samples']})")
