@@ -449,7 +449,7 @@ def evaluate(model, data, num_samples: int = 5000, *, elbo_particles: int = 10,
         discrete_sites=plan.describe(),
         accuracy=None if accuracy is None else accuracy.accuracy,
         accuracy_kind=None if accuracy is None else accuracy.kind, layers=layers,
-        weight_kl=float(weight_kl()) if callable(weight_kl) else None,
+        weight_kl=float(weight_kl().detach()) if callable(weight_kl) else None,
         per_datapoint={"log_likelihood": ll, **terms, **extra})
 
 

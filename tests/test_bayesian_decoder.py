@@ -4,6 +4,7 @@ and a predictive log p(x) that treats q(W) honestly."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import pyro
 import pytest
@@ -129,7 +130,10 @@ def test_trains_compiled_and_eager_alike_and_evaluates(binary_digits, one_torch_
     assert results["1"][0] == results["0"][0]
     for compiled, eager in zip(results["1"][1], results["0"][1], strict=True):
         assert torch.equal(compiled, eager)
-    evaluation = pv.evaluate(model, binary_digits.test[:64], num_samples=200)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        evaluation = pv.evaluate(model, binary_digits.test[:64], num_samples=200)
+    assert not [w for w in caught if "requires_grad" in str(w.message)]
     assert evaluation.elbo <= evaluation.log_likelihood < 0
     assert math.isfinite(evaluation.kl) and evaluation.active_units is not None
     assert model.weight_kl().item() > 0
