@@ -190,3 +190,18 @@ def test_bad_scales_are_refused():
         pv.BayesianDecoderVAE(10, 2, weight_prior_scale=0.0)
     with pytest.raises(ValueError, match="weight_init_scale must be a positive number"):
         pv.BayesianDecoderVAE(10, 2, weight_init_scale=-1.0)
+
+
+def test_the_command_line_builds_it_and_refuses_iwae_up_front():
+    from pyro_vae.runs import ConfigError, build_model, load_data
+    from pyro_vae.runs.config import resolve_config
+
+    config = resolve_config({"model": "bayesian_decoder", "z_dim": 3, "hidden": [8],
+                             "weight_prior_scale": 0.5})
+    model = build_model(config, load_data(config))
+    assert isinstance(model, pv.BayesianDecoderVAE)
+    assert float(model.decoder.layers[0].prior_scale) == 0.5
+    for spec in ("iwae:k=5", "renyi", "freebits"):
+        bad = resolve_config({"model": "bayesian_decoder", "estimator": spec})
+        with pytest.raises(ConfigError, match="--estimator elbo"):
+            build_model(bad, load_data(bad))

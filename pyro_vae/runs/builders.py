@@ -307,6 +307,13 @@ def build_bayesian_decoder(config: Mapping, dataset: Dataset) -> BayesianDecoder
     if config["network"] != "mlp":
         raise ConfigError("model 'bayesian_decoder' has a Bayesian MLP decoder; got network "
                           f"{config['network']!r}. Use network = 'mlp'.")
+    estimator = str(config["estimator"]).partition(":")[0]
+    if estimator in ("iwae", "renyi", "freebits"):
+        raise ConfigError(f"model 'bayesian_decoder' has global latent sites (its decoder "
+                          f"weights), which an importance-weighted bound over a minibatch "
+                          f"does not count correctly and free bits do not apply to; got "
+                          f"--estimator {config['estimator']}. Use --estimator elbo (any k) "
+                          "or meanfield.")
     return _built(BayesianDecoderVAE, "bayesian_decoder", x_dim=dataset.x_dim,
                   z_dim=config["z_dim"], hidden=config["hidden"],
                   activation=config["activation"],
