@@ -29,7 +29,7 @@ sites are global through :attr:`global_sites`, which the per-datapoint evaluatio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import pyro
 import pyro.distributions as dist
@@ -49,6 +49,10 @@ def _positive(value: float, name: str) -> float:
     if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive number; got {value!r}")
     return float(value)
+
+
+#: the sample sites of each layer, after its attribute names
+LAYER_SITES = ("weight", "bias")
 
 
 def _draw_batch_shape(shape: torch.Size, event_dims: int) -> torch.Size:
@@ -104,7 +108,7 @@ class BayesianLinear(PyroModule):
     def site_names(self) -> tuple[str, str]:
         """The sample sites of weight and bias: their attribute paths from the root module."""
         prefix = self._pyro_name
-        return tuple(f"{prefix}.{name}" if prefix else name for name in ("weight", "bias"))
+        return tuple(f"{prefix}.{name}" if prefix else name for name in LAYER_SITES)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         weight, bias = self.weight, self.bias
@@ -137,8 +141,14 @@ class BayesianMLPDecoder(PyroModule):
                 h = self.activation(h)
         return h
 
+    def sites(self) -> Iterator[tuple[str, BayesianLinear, str]]:
+        """(site name, layer, "weight" or "bias") for every weight site, in order."""
+        for layer in self.layers:
+            for site, name in zip(layer.site_names(), LAYER_SITES, strict=True):
+                yield site, layer, name
+
     def site_names(self) -> tuple[str, ...]:
-        return tuple(name for layer in self.layers for name in layer.site_names())
+        return tuple(site for site, _, _ in self.sites())
 
     def draw_prior(self) -> None:
         """Sample every weight site from its prior (in a model: outside the data plate, so
@@ -148,24 +158,19 @@ class BayesianMLPDecoder(PyroModule):
 
     def draw_posterior(self) -> None:
         """Sample every weight site from the guide's q(W)."""
-        for layer in self.layers:
-            for site, name in zip(layer.site_names(), ("weight", "bias"), strict=True):
-                pyro.sample(site, layer.posterior(name))
+        for site, layer, name in self.sites():
+            pyro.sample(site, layer.posterior(name))
 
     def posterior_means(self) -> dict[str, torch.Tensor]:
-        return {site: getattr(layer, f"{name}_loc")
-                for layer in self.layers
-                for site, name in zip(layer.site_names(), ("weight", "bias"), strict=True)}
+        return {site: getattr(layer, f"{name}_loc") for site, layer, name in self.sites()}
 
     def posterior_draws(self, num: int) -> dict[str, torch.Tensor]:
-        return {site: layer.posterior(name).sample((num,))
-                for layer in self.layers
-                for site, name in zip(layer.site_names(), ("weight", "bias"), strict=True)}
+        return {site: layer.posterior(name).sample((num,)) for site, layer, name in self.sites()}
 
     def kl(self) -> torch.Tensor:
         """KL(q(W) || p(W)), in closed form, summed over every weight and bias."""
         return sum(torch.distributions.kl_divergence(layer.posterior(name), layer.prior(name))
-                   for layer in self.layers for name in ("weight", "bias"))
+                   for _, layer, name in self.sites())
 
 
 class BayesianDecoderVAE(VAE):
