@@ -129,17 +129,27 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
             self._stratified_model(x, labels, num_data)
             return
         with data_plate(x, num_data):
-            y = pyro.sample("y", dist.OneHotCategorical(logits=x.new_zeros(self.num_classes)))
-            z = pyro.sample("z", dist.Normal(x.new_zeros(self.z_dim),
-                                             x.new_ones(self.z_dim)).to_event(1))
-            self.likelihood(self.decoder(concat_broadcast(z, y)), x)
+            self._generate(x)
             if self.training and labels is not None:
                 labelled = labels >= 0
                 weight = self.labelled_weight(len(x) if num_data is None else num_data)
                 if weight > 0 and bool(labelled.any()):
-                    log_q = torch.log_softmax(self.classifier(x), -1).gather(
-                        -1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+                    log_q = self._log_q_of_labels(x, labels.clamp(min=0))
                     pyro.factor("classification", weight * log_q * labelled.to(x.dtype))
+
+    def _generate(self, x: torch.Tensor, y: torch.Tensor | None = None, suffix: str = ""):
+        """y ~ p(y) (observed when given, one-hot), z ~ N(0, I), x ~ p(x | y, z), at sites
+        ``"y"``, ``"z"``, ``"x"`` with ``suffix``, in whatever plate encloses the call."""
+        y = pyro.sample("y" + suffix,
+                        dist.OneHotCategorical(logits=x.new_zeros(self.num_classes)), obs=y)
+        z = pyro.sample("z" + suffix, dist.Normal(x.new_zeros(self.z_dim),
+                                                  x.new_ones(self.z_dim)).to_event(1))
+        self.likelihood(self.decoder(concat_broadcast(z, y)), x, name="x" + suffix)
+
+    def _log_q_of_labels(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """log q(y = labels | x) per row, from the classifier."""
+        return torch.log_softmax(self.classifier(x), -1).gather(
+            -1, labels.unsqueeze(-1)).squeeze(-1)
 
     @pyro_method
     def guide(self, x: torch.Tensor, labels: torch.Tensor | None = None,
@@ -184,7 +194,7 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
         ``num_data`` (as ``data_plate``)."""
         if num_data is None:
             return pyro.plate("labelled", size)
-        full = num_data - self.num_labelled if self.balance_labelled else self.num_labelled
+        full = self._unlabelled_count(num_data) if self.balance_labelled else self.num_labelled
         return pyro.plate("labelled", full, subsample_size=size,
                           subsample=torch.arange(size, device=self._reference().device))
 
@@ -205,24 +215,16 @@ class SemiSupervisedVAE(ClassSiteModel, DataCheckedModel, PyroModule):
         (scale n_u / B_l), sum_u U + (n_u / n_l) sum_l [L + w log q], as implementations
         that average a labelled and an unlabelled batch per step do."""
         labelled = labels >= 0
-        prior_y = dist.OneHotCategorical(logits=x.new_zeros(self.num_classes))
-        prior_z = dist.Normal(x.new_zeros(self.z_dim), x.new_ones(self.z_dim)).to_event(1)
         if not bool(labelled.all()):
             rows = x[~labelled]
             with data_plate(rows, self._unlabelled_count(num_data)):
-                y = pyro.sample("y", prior_y)
-                z = pyro.sample("z", prior_z)
-                self.likelihood(self.decoder(concat_broadcast(z, y)), rows)
+                self._generate(rows)
         rows, classes = x[labelled], labels[labelled]
         with self._labelled_plate(len(rows), num_data):
-            y = pyro.sample("y_labelled", prior_y, obs=self._one_hot(classes, x))
-            z = pyro.sample("z_labelled", prior_z)
-            self.likelihood(self.decoder(concat_broadcast(z, y)), rows, name="x_labelled")
+            self._generate(rows, self._one_hot(classes, x), suffix="_labelled")
             weight = self.labelled_weight(len(x) if num_data is None else num_data)
             if weight > 0:
-                log_q = torch.log_softmax(self.classifier(rows), -1).gather(
-                    -1, classes.unsqueeze(-1)).squeeze(-1)
-                pyro.factor("classification", weight * log_q)
+                pyro.factor("classification", weight * self._log_q_of_labels(rows, classes))
 
     def labelled_weight(self, num_data: int) -> float:
         """w, the weight of each labelled point's log q(y | x) in the training objective:
