@@ -133,6 +133,13 @@ class LabelledInEveryBatch:
         return self.source.device
 
 
+def objective_size(source) -> int:
+    """N, the number of datapoints a fit's objective sums over: the source's length (an
+    epoch), unless it says otherwise (``num_datapoints``, e.g. :class:`LabelledInEveryBatch`,
+    whose epoch runs over the unlabelled rows only)."""
+    return getattr(source, "num_datapoints", len(source))
+
+
 def as_source(data) -> TensorSource:
     """Turn a tensor, a tuple/list of tensors, or a batch source into a batch source."""
     if isinstance(data, torch.Tensor):

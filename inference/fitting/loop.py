@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 
+from pyro_vae.inference.batching import objective_size
 from pyro_vae.inference.evaluation import elbo_terms
 from pyro_vae.inference.fitting.data_parallel import DataParallel
 from pyro_vae.inference.fitting.nonfinite import (
@@ -59,8 +60,7 @@ class Fit(ResumableFit, NonFiniteGuard):
             getattr(elbo, "device_loss_and_grads", None))
         self.n = len(source)
         self.steps_per_epoch = math.ceil(self.n / batch_size)
-        # N, the objective's size: the epoch's length unless a stratified source says more
-        self.num_data = getattr(source, "num_datapoints", self.n)
+        self.num_data = objective_size(source)
         self.step_kwargs = {"num_data": self.num_data} if scaled else {}
         self.current_beta = beta
         # progress: completed epochs, batches processed (global), and the unfinished epoch

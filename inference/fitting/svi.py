@@ -28,7 +28,7 @@ import pyro
 import torch
 from tqdm.auto import tqdm
 
-from pyro_vae.inference.batching import as_source, first_tensor
+from pyro_vae.inference.batching import as_source, first_tensor, objective_size
 from pyro_vae.inference.devices import resolve_device
 from pyro_vae.inference.estimators import make_estimator, parse_estimator
 from pyro_vae.inference.estimators.compiled import compilation_obstacle
@@ -161,7 +161,7 @@ def _prepare_fit(model, data, *, estimator, epochs, batch_size, lr, seed, device
         raise ValueError("stratified batches (a source with num_datapoints, e.g. "
                          "LabelledInEveryBatch) train in one process; drop the distributed "
                          "options or the stratified source")
-    step_kwargs = {"num_data": getattr(source, "num_datapoints", n)} if scaled else {}
+    step_kwargs = {"num_data": objective_size(source)} if scaled else {}
     eager_reason = compilation_obstacle(elbo, model, source.get(monitor_index[:2]), step_kwargs,
                                         distributed=parallel is not None)
     # the keys are those of 0.1's keyword arguments: checkpoints written then still resume
