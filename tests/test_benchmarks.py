@@ -158,3 +158,40 @@ def test_pyro_examples_runs_pyros_vae_beside_pyro_vae_at_a_tiny_size(tmp_path, c
     rows = [line.split() for line in out.splitlines() if line.startswith("vae ")]
     assert [row[1] for row in rows] == ["pyro", "pyro-vae"]
     assert all(float(row[-5]) >= 0 and float(row[-4]) > 0 for row in rows)   # s, loss
+
+
+def test_m2_stacked_keeps_the_best_validation_epoch(tmp_path, capsys):
+    """M1 + M2 on the digits: one history row per epoch with both accuracies, and the model
+    kept is the best validation epoch's (its validation accuracy is that row's)."""
+    import csv
+
+    import pyro_vae as pv
+    from pyro_vae.inference.metrics.classes import label_accuracy
+
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import m2_stacked
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    data = pv.load_dataset("digits", binarize="none")
+    torch.manual_seed(0)
+    m1 = pv.VAE(data.x_dim, 4, hidden=[32])
+    pv.fit(m1, (data.train > 0.5).float(), epochs=5, quiet=True, lr=1e-2)
+    pv.save_model(m1, tmp_path / "m1.pt")
+    m2_stacked.main(["--dataset", "digits", "--m1", str(tmp_path / "m1.pt"), "--labels", "30",
+                     "--epochs", "4", "--hidden", "32", "--z-dim", "2", "--lr", "3e-3",
+                     "--out", str(tmp_path / "out")])
+    out = capsys.readouterr().out
+    with open(tmp_path / "out" / "history.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [1, 2, 3, 4]
+    accuracies = [float(row["val_accuracy"]) for row in rows]
+    assert all(0 <= float(row["test_accuracy"]) <= 1 for row in rows)
+    best = rows[accuracies.index(max(accuracies))]
+    assert f"best      epoch {best['epoch']}: validation accuracy {max(accuracies):.4f}" in out
+    assert "classifier on the 30 labelled codes alone" in out
+    kept = pv.load_model(tmp_path / "out" / "best_model.pt").eval()
+    codes, _ = m2_stacked.active_codes(m1.eval(), {"train": data.train,
+                                                   "validation": data.validation})
+    assert label_accuracy(kept, codes["validation"], data.labels("validation")).accuracy \
+        == pytest.approx(max(accuracies))
