@@ -25,12 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+from m2_labelled_only import labelled_only_accuracy
 
 import pyro_vae as pv
 from pyro_vae.inference.evaluation import active_units, posterior_means
 from pyro_vae.inference.metrics.classes import label_accuracy
-from pyro_vae.models import MLP
 from pyro_vae.runs.builders import semi_supervised_labels
 
 DEFAULT_M1 = Path(__file__).parent / "results" / "mnist_curve" / "elbo" / "checkpoint.pt"
@@ -49,24 +48,6 @@ def active_codes(m1, splits: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     means = {name: posterior_means(m1, x)[:, active] for name, x in splits.items()}
     centre, spread = means["train"].mean(0), means["train"].std(0)
     return {name: (m - centre) / spread for name, m in means.items()}, int(active.numel())
-
-
-def labelled_only(codes, labels, test_codes, test_labels, hidden, lr) -> list[tuple[int, float]]:
-    """Test accuracy of M2's classifier architecture trained on the labelled codes alone
-    (Adam on their cross-entropy, full batch) after a few step counts."""
-    torch.manual_seed(0)
-    net = MLP(codes.shape[1], hidden, 10, "softplus")
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    accuracies = []
-    for step in range(1, 2001):
-        optimizer.zero_grad()
-        F.cross_entropy(net(codes), labels).backward()
-        optimizer.step()
-        if step in (100, 300, 1000, 2000):
-            with torch.no_grad():
-                accuracies.append(
-                    (step, (net(test_codes).argmax(-1) == test_labels).float().mean().item()))
-    return accuracies
 
 
 class AccuracyHistory:
@@ -145,8 +126,9 @@ def main(argv=None) -> None:
     print(f"data      {len(codes['train'])} training codes, {int(labelled.sum())} labelled; "
           f"{len(codes['validation'])} validation, {len(codes['test'])} test")
 
-    for step, accuracy in labelled_only(codes["train"][labelled], kept[labelled], codes["test"],
-                                        test_labels, args.hidden, args.lr):
+    for step, accuracy in labelled_only_accuracy(codes["train"][labelled], kept[labelled],
+                                                 codes["test"], test_labels, args.hidden,
+                                                 args.lr):
         print(f"baseline  classifier on the {int(labelled.sum())} labelled codes alone, "
               f"step {step:4d}: test accuracy {accuracy:.4f}")
 
