@@ -8,7 +8,8 @@ standardised with the training codes' mean and sd. M2 (``SemiSupervisedVAE``) is
 to the codes, p(z1 | y, z2) a Normal with a learned sd per unit, by enumeration with the 100
 balanced labels that ``pyro-vae train --model m2 --labels 100`` keeps (data seed 0, the last
 10,000 training images held out for validation). Validation and test accuracy of argmax
-q(y | z1) after every epoch go to ``OUT/history.csv``; the best validation epoch is reported.
+q(y | z1) after every epoch go to ``OUT/history.csv`` and the best validation epoch's model to
+``OUT/best_model.pt`` (the tracker ``pyro-vae train`` uses for M2).
 The baseline is the same classifier trained on the 100 labelled codes alone.
 
     python benchmarks/m2_stacked.py --data-dir DIR [--m1 RUN/checkpoint.pt] --out OUT
@@ -19,8 +20,6 @@ The baseline is the same classifier trained on the 100 labelled codes alone.
 from __future__ import annotations
 
 import argparse
-import copy
-import csv
 import time
 from pathlib import Path
 
@@ -29,8 +28,9 @@ from m2_labelled_only import labelled_only_accuracy
 
 import pyro_vae as pv
 from pyro_vae.inference.evaluation import active_units, posterior_means
-from pyro_vae.inference.metrics.classes import label_accuracy
 from pyro_vae.runs.builders import semi_supervised_labels
+from pyro_vae.runs.class_tracking import ClassAccuracyTracker
+from pyro_vae.runs.directory import HISTORY_FILE, write_history
 
 DEFAULT_M1 = Path(__file__).parent / "results" / "mnist_curve" / "elbo" / "checkpoint.pt"
 ACTIVE_UNIT_THRESHOLD = 1e-2
@@ -48,37 +48,6 @@ def active_codes(m1, splits: dict[str, torch.Tensor]) -> tuple[dict[str, torch.T
     means = {name: posterior_means(m1, x)[:, active] for name, x in splits.items()}
     centre, spread = means["train"].mean(0), means["train"].std(0)
     return {name: (m - centre) / spread for name, m in means.items()}, int(active.numel())
-
-
-class AccuracyHistory:
-    """Fit callback: validation and test accuracy of argmax q(y | x) after each epoch, one
-    row of ``path`` (csv) per epoch, and the best validation epoch's weights kept."""
-
-    FIELDS = ["epoch", "loss", "val_accuracy", "test_accuracy", "seconds"]
-
-    def __init__(self, model, validation, test, path: Path):
-        self.model, self.validation, self.test, self.path = model, validation, test, path
-        self.best = {"val_accuracy": -1.0}
-        self.best_state = None
-        with open(path, "w", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.FIELDS).writeheader()
-
-    def __call__(self, record: dict) -> None:
-        self.model.eval()
-        try:
-            row = {"epoch": record["epoch"], "loss": f"{record['loss']:.4f}",
-                   "val_accuracy": label_accuracy(self.model, *self.validation).accuracy,
-                   "test_accuracy": label_accuracy(self.model, *self.test).accuracy,
-                   "seconds": f"{record['seconds']:.1f}"}
-        finally:
-            self.model.train()
-        with open(self.path, "a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=self.FIELDS).writerow(row)
-        print(f"epoch {row['epoch']:3d}  loss {row['loss']}  validation accuracy "
-              f"{row['val_accuracy']:.4f}  test accuracy {row['test_accuracy']:.4f}  "
-              f"({row['seconds']} s)", flush=True)
-        if row["val_accuracy"] > self.best["val_accuracy"]:
-            self.best, self.best_state = row, copy.deepcopy(self.model.state_dict())
 
 
 def main(argv=None) -> None:
@@ -136,22 +105,30 @@ def main(argv=None) -> None:
     m2 = pv.SemiSupervisedVAE(code_dim, 10, z_dim=args.z_dim, likelihood="normal_per_feature",
                               hidden=args.hidden, activation="softplus", alpha=args.alpha,
                               num_labelled=int(labelled.sum()))
-    history = AccuracyHistory(m2, (codes["validation"], val_labels), (codes["test"], test_labels),
-                              args.out / "history.csv")
+    coded = pv.Dataset(name=f"{args.dataset} codes", train=codes["train"],
+                       validation=codes["validation"], test=codes["test"], train_labels=kept,
+                       validation_labels=val_labels, test_labels=test_labels)
+    tracker = ClassAccuracyTracker(m2, coded, args.out)   # accuracies, best_model.pt
+    records: list[dict] = []
+
+    def record_epoch(record: dict) -> None:
+        records.append(record)
+        write_history(args.out / HISTORY_FILE, records)
+        print(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  validation accuracy "
+              f"{record['val_accuracy']:.4f}  test accuracy {record['test_accuracy']:.4f}  "
+              f"({record['seconds']:.1f} s)", flush=True)
+
     print(f"M2        {code_dim}-{args.hidden}-{args.z_dim} softplus, Normal(per-unit sd), "
           f"enum, alpha {args.alpha}, lr {args.lr}, batch {args.batch_size}, {args.epochs} "
           "epochs", flush=True)
     started = time.process_time()
     pv.fit(m2, (codes["train"], kept), estimator="enum", epochs=args.epochs,
            batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True,
-           monitor=pv.Monitoring(size=500, callbacks=(history,)))
-    best = history.best
-    print(f"best      epoch {best['epoch']}: validation accuracy {best['val_accuracy']:.4f}, "
-          f"test accuracy {best['test_accuracy']:.4f} ({time.process_time() - started:.0f} s "
-          "CPU in all)")
-    m2.load_state_dict(history.best_state)
-    pv.save_model(m2, args.out / "best_model.pt")
-
+           monitor=pv.Monitoring(size=500, callbacks=(tracker, record_epoch)))
+    best = tracker.best(records)
+    print(f"best      epoch {best['epoch']}: validation accuracy "
+          f"{best['validation_accuracy']:.4f}, test accuracy {best['test_accuracy']:.4f} "
+          f"({time.process_time() - started:.0f} s CPU in all)")
 
 if __name__ == "__main__":
     main()
